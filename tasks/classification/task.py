@@ -1,0 +1,235 @@
+"""Text classification: single-label multi-class, or multi-label, on BERT-family or GPT-2.
+
+BERT-family backbones use KerasHub's own `TextClassifier` for that backbone (dropout +
+dense on the pooled [CLS] output); GPT-2, which KerasHub has no classifier for, gets a head
+on its last non-padding token (see heads.py).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+
+from tfsft.errors import DataError
+
+
+@dataclass(frozen=True)
+class ClassificationConfig:
+    text_field: str = "text"  # column / JSON key holding the text
+    text_pair_field: str = ""  # optional second text (sentence pairs); empty: single text
+    label_field: str = "label"  # column / JSON key holding the label
+    labels: tuple[str, ...] = ()  # label names in id order; empty: sorted labels of train
+    multi_label: bool = False  # several labels per row (sigmoid outputs)
+    label_separator: str = ","  # multi-label: separator inside one field (JSON lists also work)
+    threshold: float = 0.5  # multi-label: probability above which a label is predicted
+    pooling: Literal["auto", "cls", "mean", "last"] = "auto"  # text summary fed to the head
+
+    def __post_init__(self):
+        if not 0.0 < self.threshold < 1.0:
+            raise ValueError(f"`task.threshold` ({self.threshold}) must be in (0, 1)")
+        if len(set(self.labels)) != len(self.labels):
+            raise ValueError(f"`task.labels` {list(self.labels)} lists a label twice")
+
+
+@dataclass(frozen=True)
+class Examples:
+    texts: list[str]
+    pairs: list[str] | None
+    labels: list[Any] | None  # str, or list[str] for multi-label; None when unlabelled
+    where: list[str]
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    def take(self, idx) -> "Examples":
+        pick = lambda xs: None if xs is None else [xs[i] for i in idx]  # noqa: E731
+        return Examples(pick(self.texts), pick(self.pairs), pick(self.labels), pick(self.where))
+
+
+def _text(row: dict, key: str, where: str, problems: list[str], fallback: str = "") -> str:
+    if key not in row and fallback and fallback in row:
+        key = fallback
+    if key not in row:
+        problems.append(f"{where}: no field {key!r} (fields: {', '.join(map(str, row))}); "
+                        f"set `task.text_field`/`task.text_pair_field` to the right column")
+        return ""
+    value = row[key]
+    if not isinstance(value, str):
+        problems.append(f"{where}: field {key!r} must be text, got {value!r}")
+        return ""
+    if not value.strip():
+        problems.append(f"{where}: field {key!r} is empty; remove the row or fill in the text")
+    return value
+
+
+def _label(cfg: ClassificationConfig, row: dict, where: str, problems: list[str]):
+    value = row.get(cfg.label_field)
+    if value is None or (isinstance(value, str) and not value.strip()):
+        what = "missing" if value is None else "empty"
+        problems.append(f"{where}: label field {cfg.label_field!r} is {what}; every training and "
+                        "evaluation row needs a label (set `task.label_field` if it has another name)")
+        return None
+    if cfg.multi_label:
+        items = value if isinstance(value, list) else str(value).split(cfg.label_separator)
+        return sorted({str(v).strip() for v in items if str(v).strip()})
+    if isinstance(value, (list, dict)):
+        problems.append(f"{where}: label {value!r} is a {type(value).__name__}; single-label "
+                        "classification needs one label (or set `task.multi_label: true`)")
+        return None
+    return str(value).strip()
+
+
+def examples(cfg: ClassificationConfig, rows, labelled: bool = True) -> Examples:
+    """Map reader rows to texts (+pairs) and labels, collecting every bad row."""
+    texts, pairs, labels, problems = [], [], [], []
+    for row, where in zip(rows.fields, rows.where):
+        where = f"{rows.source.rsplit('/', 1)[0]}/{where}" if "/" in rows.source else where
+        texts.append(_text(row, cfg.text_field, where, problems, fallback="text"))
+        if cfg.text_pair_field:
+            pairs.append(_text(row, cfg.text_pair_field, where, problems))
+        if labelled:
+            labels.append(_label(cfg, row, where, problems))
+    if problems:
+        raise DataError(problems)
+    return Examples(texts, pairs if cfg.text_pair_field else None,
+                    labels if labelled else None, list(rows.where))
+
+
+def make_label_map(cfg: ClassificationConfig, train: Examples) -> list[str]:
+    if cfg.labels:
+        return list(cfg.labels)
+    seen = set()
+    for label in train.labels:
+        seen.update(label if cfg.multi_label else [label])
+    if len(seen) < 2 and not cfg.multi_label:
+        raise DataError(f"training data has {len(seen)} distinct label(s) {sorted(seen)}; "
+                        "classification needs at least 2")
+    return sorted(seen, key=lambda s: (not s.lstrip("-").isdigit(), int(s) if s.lstrip(
+        "-").isdigit() else 0, s))
+
+
+def encode_inputs(cfg: ClassificationConfig, preprocessor, ex: Examples):
+    from tfsft import pipeline
+
+    if ex.pairs is not None and not hasattr(preprocessor, "packer"):
+        raise DataError("`task.text_pair_field` is set, but this backbone's preprocessor takes "
+                        "one text per example (GPT-2); join the texts into one field")
+    return pipeline.encode(preprocessor, ex.texts, ex.pairs)
+
+
+def encode_targets(cfg: ClassificationConfig, label_names: list[str], ex: Examples) -> np.ndarray:
+    """Label ids (single-label) or multi-hot rows; unknown labels are errors naming the row."""
+    index = {name: i for i, name in enumerate(label_names)}
+    problems = []
+
+    def lookup(label, where):
+        if label not in index:
+            problems.append(f"Label {label!r} on {where} is not in labels "
+                            f"[{', '.join(label_names)}]. Fix the row or add the label to "
+                            "`task.labels`.")
+            return 0
+        return index[label]
+
+    if cfg.multi_label:
+        y = np.zeros((len(ex), len(label_names)), np.float32)
+        for i, (labels, where) in enumerate(zip(ex.labels, ex.where)):
+            for label in labels:
+                y[i, lookup(label, where)] = 1.0
+    else:
+        y = np.array([lookup(lb, w) for lb, w in zip(ex.labels, ex.where)], np.int32)
+    if problems:
+        raise DataError(problems)
+    return y
+
+
+def class_weights(cfg: ClassificationConfig, targets: np.ndarray, n: int) -> np.ndarray:
+    """Per-example weights ~ 1/frequency of the example's class, mean 1 (single-label only)."""
+    if cfg.multi_label:
+        raise DataError("`train.class_weights: balanced` is for single-label classification")
+    counts = np.bincount(targets, minlength=n).astype(np.float64)
+    per_class = np.where(counts > 0, len(targets) / (n * np.maximum(counts, 1)), 0.0)
+    return per_class[targets].astype(np.float32)
+
+
+def build_model(cfg: ClassificationConfig, backbone, num_outputs: int, dropout: float):
+    from . import heads
+
+    return heads.build(backbone, num_outputs, dropout, cfg.pooling)
+
+
+def loss(cfg: ClassificationConfig, label_smoothing: float):
+    import keras
+
+    if cfg.multi_label:
+        return keras.losses.BinaryCrossentropy(from_logits=True, label_smoothing=label_smoothing)
+    if label_smoothing:
+        from . import heads
+
+        return heads.SparseSmoothedCrossentropy(label_smoothing)
+    return keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+
+
+def metrics(cfg: ClassificationConfig) -> list:
+    import keras
+
+    if cfg.multi_label:
+        return [keras.metrics.BinaryAccuracy(name="accuracy", threshold=0.0)]
+    return [keras.metrics.SparseCategoricalAccuracy(name="accuracy")]
+
+
+def probabilities(cfg: ClassificationConfig, logits: np.ndarray) -> np.ndarray:
+    logits = np.asarray(logits, np.float64)
+    if cfg.multi_label:
+        return 1.0 / (1.0 + np.exp(-logits))
+    z = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return z / z.sum(axis=1, keepdims=True)
+
+
+def decode(cfg: ClassificationConfig, label_names: list[str], logits: np.ndarray) -> list[dict]:
+    probs = probabilities(cfg, logits)
+    out = []
+    for p in probs:
+        scores = {name: round(float(s), 6) for name, s in zip(label_names, p)}
+        if cfg.multi_label:
+            out.append({"labels": [n for n, s in zip(label_names, p) if s >= cfg.threshold],
+                        "scores": scores})
+        else:
+            out.append({"label": label_names[int(np.argmax(p))], "score": float(p.max()),
+                        "scores": scores})
+    return out
+
+
+def report(cfg: ClassificationConfig, label_names: list[str], targets: np.ndarray,
+           logits: np.ndarray) -> dict:
+    from tfsft import metrics as m
+
+    probs = probabilities(cfg, logits)
+    if cfg.multi_label:
+        return m.multilabel_report(targets.astype(int), (probs >= cfg.threshold).astype(int),
+                                   label_names)
+    return m.classification_report(targets, probs.argmax(axis=1), label_names)
+
+
+class ClassificationTask:
+    """The classification plugin; `sentiment` reuses it with other defaults."""
+
+    name = "classification"
+    config_class = ClassificationConfig
+    examples = staticmethod(examples)
+    make_label_map = staticmethod(make_label_map)
+    encode_inputs = staticmethod(encode_inputs)
+    encode_targets = staticmethod(encode_targets)
+    class_weights = staticmethod(class_weights)
+    build_model = staticmethod(build_model)
+    loss = staticmethod(loss)
+    metrics = staticmethod(metrics)
+    decode = staticmethod(decode)
+    report = staticmethod(report)
+
+    def __init__(self, name: str = "classification"):
+        self.name = name
+
+
+TASK = ClassificationTask()

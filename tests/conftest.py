@@ -1,0 +1,125 @@
+"""Shared fixtures: tiny BERT and GPT-2 presets built from arguments, small data files."""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+POSITIVE = ["good", "great", "fine", "lovely", "nice", "superb"]
+NEGATIVE = ["bad", "awful", "poor", "dull", "nasty", "weak"]
+FILLER = ["the", "film", "was", "very", "food", "and", "really", "a", "show", "it"]
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    random.seed(0)
+    np.random.seed(0)
+
+
+def _bert_vocab() -> list[str]:
+    return ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + POSITIVE + NEGATIVE + FILLER
+
+
+def build_tiny_bert(folder: Path) -> Path:
+    import keras_hub
+
+    tokenizer = keras_hub.models.BertTokenizer(vocabulary=_bert_vocab(), lowercase=True)
+    backbone = keras_hub.models.BertBackbone(
+        vocabulary_size=len(_bert_vocab()), num_layers=2, num_heads=2, hidden_dim=16,
+        intermediate_dim=32, max_sequence_length=64)
+    preprocessor = keras_hub.models.BertTextClassifierPreprocessor(tokenizer,
+                                                                   sequence_length=32)
+    backbone.save_to_preset(str(folder))
+    preprocessor.save_to_preset(str(folder))
+    return folder
+
+
+def _byte_vocab() -> dict[str, int]:
+    """GPT-2's byte-to-unicode alphabet: every byte has a token, so any text encodes."""
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(
+        range(ord("®"), ord("ÿ") + 1))
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    vocab = {chr(c): i for i, c in enumerate(cs)}
+    return vocab
+
+
+def _words_bpe(vocab: dict[str, int], words: list[str]) -> list[str]:
+    """Left-to-right merges that build each word; every intermediate joins the vocab."""
+    merges = []
+    for word in words:
+        piece = word[0]
+        for ch in word[1:]:
+            rule = f"{piece} {ch}"
+            piece += ch
+            if rule not in merges:
+                merges.append(rule)
+            vocab.setdefault(piece, len(vocab))
+    vocab["<|endoftext|>"] = len(vocab)
+    return merges
+
+
+def build_tiny_gpt2(folder: Path) -> Path:
+    import keras_hub
+
+    vocab = _byte_vocab()
+    merges = _words_bpe(vocab, ["Ġgood", "Ġbad", "Ġgreat", "Ġawful", "Ġthe"])
+    tokenizer = keras_hub.models.GPT2Tokenizer(vocabulary=vocab, merges=merges)
+    backbone = keras_hub.models.GPT2Backbone(
+        vocabulary_size=len(vocab), num_layers=1, num_heads=2, hidden_dim=16,
+        intermediate_dim=32, max_sequence_length=64)
+    backbone.save_to_preset(str(folder))
+    tokenizer.save_to_preset(str(folder))
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_bert(tmp_path_factory) -> Path:
+    return build_tiny_bert(tmp_path_factory.mktemp("tiny_bert"))
+
+
+@pytest.fixture(scope="session")
+def tiny_gpt2(tmp_path_factory) -> Path:
+    return build_tiny_gpt2(tmp_path_factory.mktemp("tiny_gpt2"))
+
+
+def write_sentiment_tsv(path: Path, rows: int, seed: int) -> Path:
+    """Learnable toy data: the label follows the sentiment words in the sentence."""
+    rng = random.Random(seed)
+    lines = ["text\tlabel"]
+    for i in range(rows):
+        label = "positive" if i % 2 == 0 else "negative"
+        words = POSITIVE if label == "positive" else NEGATIVE
+        sentence = rng.sample(FILLER, 3) + [rng.choice(words)] + rng.sample(FILLER, 2)
+        rng.shuffle(sentence)
+        lines.append(f"{' '.join(sentence)}\t{label}")
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def toy_data(tmp_path) -> tuple[Path, Path]:
+    return (write_sentiment_tsv(tmp_path / "train.tsv", 64, 1),
+            write_sentiment_tsv(tmp_path / "dev.tsv", 24, 2))
+
+
+def shared_data(relative: str) -> Path:
+    path = SHARED_DATA / relative
+    if not path.exists():
+        pytest.skip(f"needs {path}: ../shared/data is not beside this checkout")
+    return path

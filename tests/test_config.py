@@ -1,0 +1,117 @@
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+from tfsft import config as c
+from tfsft.errors import ConfigError
+from tfsft.tasks import load_task
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def cls_task():
+    return load_task(REPO / "tasks" / "classification")
+
+
+def test_defaults_then_file_then_config_then_override(tmp_path, cls_task):
+    task_yaml = tmp_path / "task" / "config.yaml"
+    task_yaml.parent.mkdir()
+    task_yaml.write_text("data: {train: t.tsv}\ntrain: {epochs: 5, learning_rate: 1.0e-4}\n")
+    extra = tmp_path / "extra.yaml"
+    extra.write_text("train: {epochs: 2}\nmodel: {dropout: 0.2}\n")
+    cfg = c.load_config(cls_task.config_class, task_yaml, [str(extra)],
+                        ["train.epochs=7", "task.labels=[a,b]"], cwd=tmp_path)
+    assert cfg.train.epochs == 7  # override wins
+    assert cfg.model.dropout == 0.2  # --config wins over defaults
+    assert cfg.train.learning_rate == 1e-4  # task config.yaml wins over defaults
+    assert cfg.train.global_batch_size == c.TrainConfig().global_batch_size
+    assert cfg.task.labels == ("a", "b")
+    assert cfg.data.train == str((task_yaml.parent / "t.tsv").resolve())  # relative to file
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.train.epochs = 3
+
+
+def test_unknown_key_suggests_nearest_and_all_errors_reported(cls_task):
+    with pytest.raises(ConfigError) as e:
+        c.load_config(cls_task.config_class, None, [],
+                      ["data.train=x.tsv", "train.learning_rat=0.1", "train.epochs=many",
+                       "model.freeze=everything", "trian.seed=1"])
+    text = str(e.value)
+    assert len(e.value.problems) == 4
+    assert "train.learning_rat" in text and "did you mean 'learning_rate'" in text
+    assert "`train.epochs` must be an integer, got 'many'" in text
+    assert "one of 'none', 'backbone', 'embeddings'" in text
+    assert "unknown section 'trian'" in text and "did you mean 'train'" in text
+
+
+def test_cross_field_errors_quote_keys_and_values(cls_task):
+    with pytest.raises(ConfigError) as e:
+        c.load_config(cls_task.config_class, None, [],
+                      ["data.train=x.tsv", "train.warmup_ratio=1.5", "model.lora_rank=4",
+                       "model.freeze=backbone"])
+    text = str(e.value)
+    assert "`train.warmup_ratio` (1.5)" in text
+    assert "`model.lora_rank` (4)" in text and "'backbone'" in text
+
+
+def test_override_syntax_errors():
+    with pytest.raises(ConfigError, match="section.key=value"):
+        c.parse_override("epochs=3")
+    assert c.parse_override("train.learning_rate=3e-5") == ("train.learning_rate", 3e-5)
+    assert c.parse_override("data.train=a=b.tsv") == ("data.train", "a=b.tsv")
+
+
+def test_bad_yaml_names_file(tmp_path, cls_task):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train: [1, 2\n")
+    with pytest.raises(ConfigError, match="bad.yaml is not valid YAML"):
+        c.load_config(cls_task.config_class, None, [str(bad)], [])
+    listy = tmp_path / "list.yaml"
+    listy.write_text("- 1\n- 2\n")
+    with pytest.raises(ConfigError, match="must hold a mapping"):
+        c.load_config(cls_task.config_class, None, [str(listy)], [])
+    with pytest.raises(ConfigError, match="does not exist"):
+        c.load_config(cls_task.config_class, None, [str(tmp_path / "nope.yaml")], [])
+
+
+def test_backbone_name_kept_but_path_resolved(tmp_path, cls_task):
+    cfg = c.load_config(cls_task.config_class, None, [],
+                        ["data.train=x.tsv", "model.backbone=bert_tiny_en_uncased"], cwd=tmp_path)
+    assert cfg.model.backbone == "bert_tiny_en_uncased"
+    cfg = c.load_config(cls_task.config_class, None, [],
+                        ["data.train=x.tsv", "model.backbone=./ckpt"], cwd=tmp_path)
+    assert cfg.model.backbone == str((tmp_path / "ckpt").resolve())
+
+
+def test_dump_round_trips(tmp_path, cls_task):
+    cfg = c.load_config(cls_task.config_class, None, [],
+                        ["data.train=/abs/x.tsv", "task.labels=[neg,pos]", "train.epochs=2"])
+    path = tmp_path / "resolved.yaml"
+    path.write_text(c.dump_yaml(cfg))
+    again = c.load_config(cls_task.config_class, path, [], [])
+    assert again == cfg
+
+
+def test_reference_lists_every_key(cls_task):
+    rows = c.reference({"task": cls_task.config_class, **c.SECTIONS})
+    keys = {r[0] for r in rows}
+    for section, cls in {"task": cls_task.config_class, **c.SECTIONS}.items():
+        for f in dataclasses.fields(cls):
+            assert f"{section}.{f.name}" in keys
+    assert all(r[3] for r in rows if r[0].split(".")[0] != "task"), "a key lacks its comment"
+
+
+def test_readme_config_reference_is_current(cls_task):
+    """The README's reference is exactly what the dataclasses generate (docs stay true).
+    Fix with: python tools/config_reference.py --write"""
+    import runpy
+
+    tool = runpy.run_path(str(REPO / "tools" / "config_reference.py"))
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    assert tool["START"] + "\n" + tool["render"]() + "\n" + tool["END"] in readme
+    for key, *_ in c.reference({"task": cls_task.config_class, **c.SECTIONS}):
+        assert f"`{key}`" in readme, f"README config reference lacks `{key}`"

@@ -1,0 +1,115 @@
+from __future__ import annotations
+
+import gzip
+import json
+
+import numpy as np
+import pytest
+
+from tfsft import data
+from tfsft.errors import DataError
+
+
+def write(path, text: str | bytes):
+    if isinstance(text, str):
+        text = text.encode("utf-8")
+    path.write_bytes(text)
+    return path
+
+
+def test_tsv_no_quoting_keeps_quotes(tmp_path):
+    p = write(tmp_path / "a.tsv", 'text\tlabel\n"quoted" start\tpos\nplain\tneg\n')
+    rows = data.read_rows(str(p))
+    assert rows.fields[0]["text"] == '"quoted" start'
+    assert rows.where == ["a.tsv:2", "a.tsv:3"]
+
+
+def test_tsv_csv_quoting(tmp_path):
+    p = write(tmp_path / "a.tsv", 'text\tlabel\n"has\ttab"\tpos\n')
+    assert data.read_rows(str(p), quoting="csv").fields[0]["text"] == "has\ttab"
+
+
+def test_csv_and_jsonl(tmp_path):
+    p = write(tmp_path / "a.csv", 'text,label\n"a, b",pos\n')
+    assert data.read_rows(str(p)).fields == [{"text": "a, b", "label": "pos"}]
+    j = write(tmp_path / "a.jsonl", '{"text": "x", "label": 1}\n\n{"text": "y", "label": 0}\n')
+    rows = data.read_rows(str(j))
+    assert [r["label"] for r in rows.fields] == [1, 0]
+    assert rows.where == ["a.jsonl:1", "a.jsonl:3"]
+
+
+def test_wrong_column_count_names_file_and_line(tmp_path):
+    p = write(tmp_path / "bad.tsv", "text\tlabel\nok\tpos\ntoo\tmany\tfields\nnone\n")
+    with pytest.raises(DataError) as e:
+        data.read_rows(str(p))
+    msg = str(e.value)
+    assert "bad.tsv:3: expected 2 TAB-separated fields (text, label), got 3" in msg
+    assert "bad.tsv:4" in msg and "2 data errors" in msg
+
+
+def test_invalid_utf8_names_line(tmp_path):
+    p = write(tmp_path / "enc.tsv", b"text\tlabel\nfine\tpos\ncaf\xe9\tneg\n")
+    with pytest.raises(DataError, match=r"enc.tsv:3: invalid UTF-8"):
+        data.read_rows(str(p))
+
+
+def test_bom_and_crlf_are_tolerated(tmp_path):
+    p = write(tmp_path / "w.tsv", b"\xef\xbb\xbftext\tlabel\r\nhello\tpos\r\n")
+    rows = data.read_rows(str(p))
+    assert rows.fields == [{"text": "hello", "label": "pos"}]
+
+
+@pytest.mark.parametrize("case", ["missing", "directory", "empty", "gzip", "suffix", "json"])
+def test_unreadable_inputs_are_clear(tmp_path, case):
+    path = tmp_path / "x.tsv"
+    match = {"missing": "file not found", "directory": "is a directory", "empty": "is empty",
+             "gzip": "gzip-compressed", "suffix": "cannot tell the format",
+             "json": "not valid JSON"}[case]
+    if case == "directory":
+        path.mkdir()
+    elif case == "empty":
+        write(path, "\n\n")
+    elif case == "gzip":
+        write(path, gzip.compress(b"text\tlabel\n"))
+    elif case == "suffix":
+        path = write(tmp_path / "x.parquet", "x")
+    elif case == "json":
+        path = write(tmp_path / "x.jsonl", '{"text": "a"}\n{broken\n')
+    with pytest.raises(DataError, match=match):
+        data.read_rows(str(path))
+
+
+def test_stratified_split_is_deterministic_and_stratified():
+    labels = ["a"] * 80 + ["b"] * 20
+    keep1, held1 = data.stratified_split(labels, 0.1, seed=3)
+    keep2, held2 = data.stratified_split(labels, 0.1, seed=3)
+    assert np.array_equal(held1, held2) and np.array_equal(keep1, keep2)
+    assert sorted(set(keep1) | set(held1)) == list(range(100))
+    assert [labels[i] for i in held1].count("a") == 8
+    assert [labels[i] for i in held1].count("b") == 2
+    _, held3 = data.stratified_split(labels, 0.1, seed=4)
+    assert not np.array_equal(held1, held3)
+
+
+def test_fingerprint(tmp_path):
+    p = write(tmp_path / "a.tsv", "text\tlabel\nx\ty\n")
+    fp = data.fingerprint(str(p))
+    assert len(fp["sha256"]) == 64 and fp["bytes"] == p.stat().st_size
+    assert json.dumps(fp)
+
+
+def test_tfds_source_with_mock_data():
+    tfds = pytest.importorskip("tensorflow_datasets")
+    with tfds.testing.mock_data(num_examples=6):
+        rows = data.read_rows("tfds:glue/sst2", split="train")
+    assert len(rows) == 6
+    assert set(rows.fields[0]) >= {"sentence", "label"}
+    assert isinstance(rows.fields[0]["sentence"], str)
+    assert rows.fields[0]["label"] in ("negative", "positive")
+    assert rows.where[0] == "tfds:glue/sst2[train]#0"
+
+
+def test_tfds_missing_without_download_is_a_data_error(tmp_path):
+    pytest.importorskip("tensorflow_datasets")
+    with pytest.raises(DataError, match="data.tfds_download=true"):
+        data.read_rows("tfds:glue/sst2", split="train", tfds_dir=str(tmp_path))

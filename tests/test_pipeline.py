@@ -1,0 +1,70 @@
+from __future__ import annotations
+
+import numpy as np
+
+from tfsft import backbones, pipeline
+
+
+def test_encode_and_trim(tiny_bert):
+    _, pre = backbones.load(str(tiny_bert), 16)
+    texts = ["good", "the film was very good and really nice and the food was superb too "
+             "and it was a show the film was good"]
+    enc = pipeline.encode(pre, texts)
+    assert enc.features["token_ids"].shape == (2, 16)
+    assert enc.features["token_ids"].dtype == np.int32
+    assert enc.lengths.tolist() == [3, 16]
+    assert enc.full_lengths[1] > 16  # counted before truncation
+    summary = pipeline.length_summary(enc, 16)
+    assert summary["truncated_share"] == 0.5
+    batch = next(iter(pipeline.eval_dataset(pipeline.Encoded(
+        {k: v[:1] for k, v in enc.features.items()}, enc.lengths[:1], enc.full_lengths[:1]),
+        None, 4)))
+    assert batch["token_ids"].shape == (1, 3)  # padded to the longest row only
+
+
+def _toy_encoded(n: int, seed: int = 0) -> pipeline.Encoded:
+    rng = np.random.default_rng(seed)
+    lengths = rng.integers(2, 30, n).astype(np.int32)
+    mask = (np.arange(32)[None, :] < lengths[:, None]).astype(np.int32)
+    ids = np.where(mask == 1, np.arange(n)[:, None] + 1, 0).astype(np.int32)
+    return pipeline.Encoded({"token_ids": ids, "padding_mask": mask}, lengths, lengths)
+
+
+def test_bucketed_epoch_sees_every_row_once_with_less_padding():
+    n, batch = 1000, 16
+    enc = _toy_encoded(n)
+    targets = np.arange(n, dtype=np.int32)
+
+    def epoch(bucket):
+        ds = pipeline.train_dataset(enc, targets, None, batch, seed=3, bucket=bucket)
+        seen, padded, steps = [], 0, 0
+        for x, y in ds:
+            seen.extend(y.numpy().tolist())
+            padded += int(np.prod(x["token_ids"].shape))
+            steps += 1
+            # trimmed: at least one row fills the batch width
+            assert x["padding_mask"].numpy().sum(axis=1).max() == x["token_ids"].shape[1]
+        return sorted(seen), padded, steps
+
+    seen_b, padded_b, steps_b = epoch(True)
+    seen_p, padded_p, steps_p = epoch(False)
+    assert seen_b == list(range(n)) and seen_p == list(range(n))
+    assert steps_b == steps_p == pipeline.steps_per_epoch(n, batch)
+    assert padded_b < 0.75 * padded_p
+    assert padded_b >= enc.lengths.sum()
+
+
+def test_shuffle_is_seeded_and_reshuffles():
+    enc = _toy_encoded(100)
+    targets = np.arange(100, dtype=np.int32)
+
+    def order(seed):
+        ds = pipeline.train_dataset(enc, targets, None, 10, seed=seed, bucket=False)
+        return [y.numpy().tolist() for _, y in ds]
+
+    assert order(1) == order(1)
+    assert order(1) != order(2)
+    ds = pipeline.train_dataset(enc, targets, None, 10, seed=1, bucket=True)
+    first = [y.numpy().tolist() for _, y in ds]
+    second = [y.numpy().tolist() for _, y in ds]
+    assert first != second  # a new order every epoch

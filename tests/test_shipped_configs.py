@@ -1,0 +1,37 @@
+"""Every shipped task config and every configs/*.yaml profile validates."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tfsft import config as c
+from tfsft.tasks import load_task
+
+REPO = Path(__file__).resolve().parents[1]
+TASKS = sorted(p.parent for p in (REPO / "tasks").glob("*/task.py"))
+PROFILES = sorted((REPO / "configs").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("folder", TASKS, ids=lambda p: p.name)
+def test_task_config_validates(folder):
+    task = load_task(folder)
+    cfg = c.load_config(task.config_class, folder / "config.yaml", [], ["data.train=x.tsv"])
+    assert cfg.task.__class__ is task.config_class
+    assert (folder / "README.md").is_file()
+
+
+@pytest.mark.parametrize("profile", PROFILES, ids=lambda p: p.name)
+@pytest.mark.parametrize("folder", TASKS, ids=lambda p: p.name)
+def test_profile_validates_with_every_task(profile, folder):
+    task = load_task(folder)
+    cfg = c.load_config(task.config_class, folder / "config.yaml", [str(profile)], [])
+    assert cfg.data.train
+
+
+def test_every_task_config_key_is_commented():
+    for folder in TASKS:
+        for line in (folder / "config.yaml").read_text().splitlines():
+            if line.startswith("  ") and ":" in line and not line.strip().startswith("#"):
+                assert "#" in line, f"{folder.name}/config.yaml: no comment on {line.strip()!r}"

@@ -1,0 +1,178 @@
+"""Plugin discovery and contract, and every task on tiny BERT and GPT-2 backbones."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tfsft import data, tasks
+from tfsft.errors import DataError, PluginError
+
+REPO = Path(__file__).resolve().parents[1]
+TASKS = sorted(p.parent for p in (REPO / "tasks").glob("*/task.py"))
+
+
+def test_discover_lists_shipped_tasks():
+    names = [n for n, _ in tasks.discover(REPO / "tasks")]
+    assert {"classification", "sentiment"} <= set(names)
+
+
+def test_missing_member_names_plugin_and_member(tmp_path):
+    folder = tmp_path / "broken"
+    folder.mkdir()
+    (folder / "task.py").write_text(
+        "class T:\n    name = 'broken'\n    config_class = dict\n\nTASK = T()\n")
+    with pytest.raises(PluginError) as e:
+        tasks.load_task(folder)
+    assert "broken" in str(e.value) and "examples" in str(e.value)
+    assert "build_model" in str(e.value)
+
+
+def test_folder_without_task_py(tmp_path):
+    with pytest.raises(PluginError, match="not a task folder"):
+        tasks.load_task(tmp_path)
+    with pytest.raises(PluginError, match="no task 'nosuch'"):
+        tasks.resolve("nosuch", search=(REPO / "tasks",))
+
+
+def test_entry_point_plugins_are_found(monkeypatch):
+    classification = tasks.load_task(REPO / "tasks" / "classification")
+
+    class EP:
+        name, value = "thirdparty", "pkg.task:TASK"
+
+        def load(self):
+            return classification
+
+    monkeypatch.setattr(tasks.metadata, "entry_points", lambda group: [EP()])
+    task, folder = tasks.resolve("thirdparty", search=())
+    assert task is classification and folder is None
+    assert ("thirdparty", "entry point pkg.task:TASK") in tasks.discover(REPO / "tasks")
+
+
+def rows(*pairs):
+    return data.Rows("mem.tsv", [{"text": t, "label": lb} for t, lb in pairs],
+                     [f"mem.tsv:{i + 2}" for i in range(len(pairs))])
+
+
+@pytest.mark.parametrize("folder", TASKS, ids=lambda p: p.name)
+def test_unknown_label_is_reported_with_fix(folder):
+    task = tasks.load_task(folder)
+    cfg = task.config_class(labels=("negative", "positive"))
+    ex = task.examples(cfg, rows(("nice", "positive"), ("meh", "postive")), True)
+    with pytest.raises(DataError) as e:
+        task.encode_targets(cfg, ["negative", "positive"], ex)
+    msg = str(e.value)
+    assert "Label 'postive' on mem.tsv:3 is not in labels [negative, positive]" in msg
+    assert "add the label to `task.labels`" in msg
+
+
+@pytest.mark.parametrize("folder", TASKS, ids=lambda p: p.name)
+def test_empty_text_and_missing_label_collected(folder):
+    task = tasks.load_task(folder)
+    cfg = task.config_class()
+    bad = data.Rows("f.tsv", [{"text": " ", "label": "a"}, {"text": "ok"}], ["f.tsv:2", "f.tsv:3"])
+    with pytest.raises(DataError) as e:
+        task.examples(cfg, bad, True)
+    assert "f.tsv:2: field 'text' is empty" in str(e.value)
+    assert "f.tsv:3: label field 'label' is missing" in str(e.value)
+
+
+@pytest.mark.parametrize("folder", TASKS, ids=lambda p: p.name)
+@pytest.mark.parametrize("family", ["tiny_bert", "tiny_gpt2"])
+def test_task_model_on_tiny_backbones(folder, family, request):
+    """Every task builds, computes finite logits and decodes on both backbone families."""
+    import keras
+
+    from tfsft import backbones, pipeline
+
+    task = tasks.load_task(folder)
+    cfg = task.config_class()
+    backbone, preprocessor = backbones.load(str(request.getfixturevalue(family)), 32)
+    ex = task.examples(cfg, rows(("good film", "positive"), ("bad awful food", "negative"),
+                                 ("the show was great", "positive")), True)
+    labels = task.make_label_map(cfg, ex)
+    assert labels == ["negative", "positive"]
+    enc = task.encode_inputs(cfg, preprocessor, ex)
+    model = task.build_model(cfg, backbone, len(labels), 0.1)
+    batch = next(iter(pipeline.eval_dataset(enc, None, 8)))
+    logits = keras.ops.convert_to_numpy(model(batch))
+    assert logits.shape == (3, 2) and np.isfinite(logits).all()
+    # padding must not change a row's logits (last-token pooling / attention masks)
+    alone = {k: v[:1, : int(enc.lengths[0])] for k, v in enc.features.items()}
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(model(alone))[0], logits[0],
+                               atol=1e-5)
+    out = task.decode(cfg, labels, logits)
+    assert out[0]["label"] in labels and abs(sum(out[0]["scores"].values()) - 1) < 1e-5
+    targets = task.encode_targets(cfg, labels, ex)
+    report = task.report(cfg, labels, targets, logits)
+    assert report["examples"] == 3
+
+
+def test_multi_label_classification(tiny_bert):
+    import keras
+
+    from tfsft import backbones, pipeline
+
+    task = tasks.load_task(REPO / "tasks" / "classification")
+    cfg = task.config_class(multi_label=True)
+    ex = task.examples(cfg, rows(("good", "a,b"), ("bad", "b"), ("fine", "c")), True)
+    labels = task.make_label_map(cfg, ex)
+    assert labels == ["a", "b", "c"]
+    y = task.encode_targets(cfg, labels, ex)
+    np.testing.assert_array_equal(y, [[1, 1, 0], [0, 1, 0], [0, 0, 1]])
+    backbone, pre = backbones.load(str(tiny_bert), 32)
+    model = task.build_model(cfg, backbone, 3, 0.0)
+    enc = task.encode_inputs(cfg, pre, ex)
+    logits = keras.ops.convert_to_numpy(model(next(iter(pipeline.eval_dataset(enc, None, 8)))))
+    out = task.decode(cfg, labels, logits)
+    assert set(out[0]) == {"labels", "scores"}
+    loss = task.loss(cfg, 0.0)
+    assert float(loss(y, logits)) > 0
+    assert task.report(cfg, labels, y, logits)["hamming_accuracy"] >= 0
+
+
+def test_label_smoothing_loss_matches_onehot_formula():
+    import keras
+
+    task = tasks.load_task(REPO / "tasks" / "classification")
+    logits = np.array([[2.0, -1.0, 0.5]], np.float32)
+    smoothed = float(task.loss(task.config_class(), 0.3)(np.array([0]), logits))
+    onehot = keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=0.3)
+    assert smoothed == pytest.approx(float(onehot(np.array([[1.0, 0, 0]]), logits)), rel=1e-6)
+    plain = float(task.loss(task.config_class(), 0.0)(np.array([0]), logits))
+    assert smoothed != pytest.approx(plain)
+
+
+def test_balanced_class_weights():
+    task = tasks.load_task(REPO / "tasks" / "classification")
+    w = task.class_weights(task.config_class(), np.array([0, 0, 0, 1]), 2)
+    np.testing.assert_allclose(w, [2 / 3, 2 / 3, 2 / 3, 2.0])
+    assert w.mean() == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("pooling", ["mean", "last", "cls"])
+@pytest.mark.parametrize("family", ["tiny_bert", "tiny_gpt2"])
+def test_pooling_choices_ignore_padding(pooling, family, request):
+    import keras
+
+    from tfsft import backbones
+    from tfsft.errors import ConfigError
+
+    task = tasks.load_task(REPO / "tasks" / "classification")
+    cfg = task.config_class(pooling=pooling)
+    backbone, pre = backbones.load(str(request.getfixturevalue(family)), 32)
+    if pooling == "cls" and family == "tiny_gpt2":
+        with pytest.raises(ConfigError, match="'cls' needs a backbone"):
+            task.build_model(cfg, backbone, 2, 0.0)
+        return
+    model = task.build_model(cfg, backbone, 2, 0.0)
+    ex = task.examples(cfg, rows(("good", "positive"), ("the film was bad", "negative")), True)
+    enc = task.encode_inputs(cfg, pre, ex)
+    short = {k: v[:1, : int(enc.lengths[0])] for k, v in enc.features.items()}
+    padded = {k: v[:1] for k, v in enc.features.items()}
+    a = keras.ops.convert_to_numpy(model(short))
+    b = keras.ops.convert_to_numpy(model(padded))
+    np.testing.assert_allclose(a, b, atol=1e-5)

@@ -1,0 +1,5 @@
+import sys
+
+from tfsft.cli import main
+
+sys.exit(main())

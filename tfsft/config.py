@@ -1,0 +1,360 @@
+"""Typed, frozen run configuration: defaults -> task config.yaml -> --config files -> overrides.
+
+Every key has one home: a field of a frozen dataclass below (or of the task plugin's own
+config class, under `task:`). Loading is strict: unknown keys, wrong types and bad values
+are collected and reported together in one `ConfigError`, with the nearest valid key
+suggested for typos. Relative paths in a YAML file are resolved against that file's folder;
+paths given as command-line overrides are resolved against the current directory.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import re
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from tfsft.errors import ConfigError
+
+_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
+PATH = {"path": True}  # field metadata: value is a file path (or a `tfds:` source)
+MAYBE_PATH = {"maybe_path": True}  # a path if it looks like one, else a preset name
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where the examples come from and how they are batched."""
+
+    train: str = field(default="", metadata=PATH)  # TSV/CSV/JSONL file or tfds:name[:split]
+    validation: str = field(default="", metadata=PATH)  # empty: carved from train
+    test: str = field(default="", metadata=PATH)  # optional held-out split
+    format: Literal["auto", "tsv", "csv", "jsonl", "tfds"] = "auto"  # auto: by file suffix
+    quoting: Literal["none", "csv"] = "none"  # TSV quoting: none (GLUE style) or csv rules
+    validation_fraction: float = 0.1  # share of train carved out (stratified) when no validation
+    max_length: int = 128  # tokens per example including special tokens; longer is truncated
+    limit: int = 0  # use only the first N training rows (0: all)
+    bucket_by_length: bool = True  # group similar lengths into batches (less padding)
+    tfds_dir: str = field(default="", metadata=PATH)  # TFDS data_dir (empty: TFDS default)
+    tfds_download: bool = False  # allow TFDS to download (needs network)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The pretrained backbone and what of it is trained."""
+
+    backbone: str = field(default="all-minilm-l6-v2", metadata=MAYBE_PATH)  # see `tfsft list`
+    dropout: float = 0.1  # dropout before the classification head
+    freeze: Literal["none", "backbone", "embeddings"] = "none"  # what to keep fixed
+    freeze_layers: int = 0  # also freeze the first k transformer layers
+    lora_rank: int = 0  # >0: train LoRA adapters of this rank instead of the backbone
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation. `global_batch_size` is across all replicas."""
+
+    epochs: int = 3  # full passes over the training data
+    max_steps: int = 0  # stop after this many optimizer steps (0: run all epochs)
+    global_batch_size: int = 32  # examples per optimizer update, all replicas together
+    learning_rate: float = 5e-5  # peak learning rate after warmup
+    schedule: Literal["linear", "cosine", "constant"] = "linear"  # decay after warmup
+    warmup_ratio: float = 0.1  # share of total steps spent warming up linearly from 0
+    weight_decay: float = 0.01  # AdamW decay; never applied to biases or LayerNorm
+    clip_norm: float = 1.0  # global gradient norm clip (0: off)
+    grad_accum_steps: int = 1  # accumulate gradients over this many batches per update
+    label_smoothing: float = 0.0  # spread this much target mass over the other classes
+    class_weights: Literal["none", "balanced"] = "none"  # balanced: weight ~ 1/frequency
+    monitor: str = "val_accuracy"  # metric for early stopping and keep-best
+    early_stopping_patience: int = 0  # epochs without improvement before stopping (0: off)
+    keep_best: bool = True  # restore the best epoch's weights (by `monitor`) at the end
+    seed: int = 42  # seeds Python, NumPy, TensorFlow and Keras; also shuffling and splits
+    eval_batch_size: int = 64  # batch size for validation, evaluate and predict
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """The whole resolved configuration of one run."""
+
+    task: Any  # the task plugin's config dataclass
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    train: TrainConfig = TrainConfig()
+
+
+SECTIONS = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig}
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def read_yaml(path: Path) -> dict:
+    """Read one YAML mapping with the safe loader; errors name the file."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except (IsADirectoryError, UnicodeDecodeError) as e:
+        raise ConfigError(f"config file {path} cannot be read as UTF-8 text: {e}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path} is not valid YAML: {e}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} must hold a mapping of sections, got {type(data).__name__}")
+    return data
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """`train.learning_rate=3e-5` -> ("train.learning_rate", 3e-05). Values parse as YAML."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key or "." not in key:
+        raise ConfigError(
+            f"override {text!r} is not of the form section.key=value "
+            "(for example train.epochs=1)"
+        )
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    if isinstance(value, str) and _FLOAT.fullmatch(value.strip()):
+        value = float(value)
+    return key.strip(), value
+
+
+def _is_pathlike(value: str) -> bool:
+    return "/" in value and "://" not in value or value.startswith(("~", "."))
+
+
+def _resolve_paths(raw: dict, cls: type, base: Path) -> dict:
+    """Make relative path values absolute against `base` (the YAML file's folder or cwd)."""
+    out = dict(raw)
+    for f in dataclasses.fields(cls):
+        value = out.get(f.name)
+        if not isinstance(value, str) or not value or value.startswith("tfds:"):
+            continue
+        if f.metadata.get("path") or (f.metadata.get("maybe_path") and _is_pathlike(value)):
+            p = Path(os.path.expanduser(value))
+            out[f.name] = str(p if p.is_absolute() else (base / p).resolve())
+    return out
+
+
+def _merge_layer(merged: dict, layer: dict, origin: str, base: Path, classes: dict,
+                 errors: list[str]) -> None:
+    """Merge one layer of `{section: {key: value}}` into `merged`, resolving its paths."""
+    for section, values in layer.items():
+        if section not in classes:
+            errors.append(f"{origin}: unknown section {section!r}{_suggest(section, classes)}")
+            continue
+        if not isinstance(values, dict):
+            errors.append(f"{origin}: section {section!r} must be a mapping, "
+                          f"got {type(values).__name__} {values!r}")
+            continue
+        merged.setdefault(section, {}).update(_resolve_paths(values, classes[section], base))
+
+
+def load_config(task_config_class: type, task_yaml: Path | None = None,
+                config_files: list[str] | tuple = (), overrides: list[str] | tuple = (),
+                cwd: Path | None = None) -> RunConfig:
+    """Resolve a RunConfig from the four layers and validate it, reporting every error."""
+    classes = dict(SECTIONS, task=task_config_class)
+    cwd = Path(cwd or os.getcwd())
+    merged: dict[str, dict] = {}
+    errors: list[str] = []
+    layers: list[tuple[dict, str, Path]] = []
+    if task_yaml is not None and Path(task_yaml).exists():
+        layers.append((read_yaml(task_yaml), str(task_yaml), Path(task_yaml).resolve().parent))
+    for name in config_files:
+        layers.append((read_yaml(Path(name)), str(name), Path(name).resolve().parent))
+    override_layer: dict[str, dict] = {}
+    for text in overrides:
+        try:
+            key, value = parse_override(text)
+        except ConfigError as e:
+            errors.extend(e.problems)
+            continue
+        section, _, rest = key.partition(".")
+        if "." in rest:
+            errors.append(f"override {text!r}: keys are section.key, one level deep")
+            continue
+        override_layer.setdefault(section, {})[rest] = value
+    layers.append((override_layer, "command line", cwd))
+    for layer, origin, base in layers:
+        _merge_layer(merged, layer, origin, base, classes, errors)
+    values = {}
+    for section, cls in classes.items():
+        values[section] = build_dataclass(cls, merged.get(section, {}), section, errors)
+    if not errors:
+        errors.extend(cross_check(values["data"], values["train"], values["model"]))
+    if errors:
+        raise ConfigError(errors)
+    return RunConfig(**values)
+
+
+def cross_check(data: DataConfig, train: TrainConfig, model: ModelConfig) -> list[str]:
+    """Constraints that involve more than one key, quoting each key and value."""
+    errors = []
+    if not data.train:
+        errors.append("`data.train` is empty: set it to a TSV/CSV/JSONL file or tfds:name")
+    if train.epochs < 1 and train.max_steps < 1:
+        errors.append(f"`train.epochs` ({train.epochs}) and `train.max_steps` "
+                      f"({train.max_steps}) leave nothing to train: set one of them >= 1")
+    if not 0.0 <= train.warmup_ratio < 1.0:
+        errors.append(f"`train.warmup_ratio` ({train.warmup_ratio}) must be in [0, 1)")
+    if not 0.0 < data.validation_fraction < 1.0:
+        errors.append(f"`data.validation_fraction` ({data.validation_fraction}) must be in (0, 1)")
+    if not 0.0 <= model.dropout < 1.0:
+        errors.append(f"`model.dropout` ({model.dropout}) must be in [0, 1)")
+    if not 0.0 <= train.label_smoothing < 1.0:
+        errors.append(f"`train.label_smoothing` ({train.label_smoothing}) must be in [0, 1)")
+    for name, value, low in [("train.global_batch_size", train.global_batch_size, 1),
+                             ("train.grad_accum_steps", train.grad_accum_steps, 1),
+                             ("train.eval_batch_size", train.eval_batch_size, 1),
+                             ("data.max_length", data.max_length, 8),
+                             ("train.learning_rate", train.learning_rate, 1e-12)]:
+        if value < low:
+            errors.append(f"`{name}` ({value}) must be >= {low}")
+    for name, value in [("train.max_steps", train.max_steps), ("data.limit", data.limit),
+                        ("model.freeze_layers", model.freeze_layers),
+                        ("model.lora_rank", model.lora_rank), ("train.clip_norm", train.clip_norm),
+                        ("train.weight_decay", train.weight_decay),
+                        ("train.early_stopping_patience", train.early_stopping_patience)]:
+        if value < 0:
+            errors.append(f"`{name}` ({value}) must be >= 0")
+    if model.lora_rank and model.freeze != "none":
+        errors.append(f"`model.lora_rank` ({model.lora_rank}) already freezes the backbone; "
+                      f"`model.freeze` ({model.freeze!r}) must then be 'none'")
+    return errors
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def _suggest(name: str, choices) -> str:
+    close = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.5)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def build_dataclass(cls: type, raw: dict, prefix: str, errors: list[str]):
+    """Build `cls` from a flat dict, appending every problem to `errors`."""
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in raw.items():
+        if key not in names:
+            errors.append(f"unknown key `{prefix}.{key}`{_suggest(key, names)}; valid keys in "
+                          f"`{prefix}`: {', '.join(sorted(names))}")
+            continue
+        ok, converted, expected = coerce(value, hints[key])
+        if ok:
+            kwargs[key] = converted
+        else:
+            errors.append(f"`{prefix}.{key}` must be {expected}, got {value!r}")
+    try:
+        return cls(**kwargs)
+    except (TypeError, ValueError) as e:  # a task's own __post_init__ check
+        errors.append(f"`{prefix}`: {e}")
+        return cls()
+
+
+def coerce(value: Any, hint: Any) -> tuple[bool, Any, str]:
+    """Check `value` against a type hint; returns (ok, converted value, expected-description)."""
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if hint is Any:
+        return True, value, "anything"
+    if origin is Literal:
+        return value in args, value, "one of " + ", ".join(repr(a) for a in args)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return True, None, "null"
+        descriptions = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            ok, converted, desc = coerce(value, arg)
+            if ok:
+                return True, converted, desc
+            descriptions.append(desc)
+        return False, value, " or ".join(descriptions + ["null"])
+    if origin is tuple:
+        item = args[0] if args else Any
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            value = [value]
+        if not isinstance(value, (list, tuple)):
+            return False, value, f"a list of {_name(item)}"
+        out = []
+        for v in value:
+            ok, c, _ = coerce(v, item)
+            if not ok:
+                return False, value, f"a list of {_name(item)}"
+            out.append(c)
+        return True, tuple(out), f"a list of {_name(item)}"
+    if hint is bool:
+        return isinstance(value, bool), value, "true or false"
+    if hint is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+        return ok, value, "an integer"
+    if hint is float:
+        if isinstance(value, str) and _FLOAT.fullmatch(value.strip()):
+            value = float(value)  # YAML 1.1 reads 3e-5 (no dot) as a string
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        return ok, float(value) if ok else value, "a number"
+    if hint is str:
+        return isinstance(value, str), value, "a string"
+    return isinstance(value, hint), value, _name(hint)
+
+
+def _name(hint: Any) -> str:
+    return getattr(hint, "__name__", str(hint))
+
+
+# --------------------------------------------------------------------------- output
+
+
+def to_dict(cfg: RunConfig) -> dict:
+    """The resolved config as plain data (the form written to `config.yaml` in a run)."""
+    out = {}
+    for f in dataclasses.fields(cfg):
+        section = getattr(cfg, f.name)
+        out[f.name] = {k: list(v) if isinstance(v, tuple) else v
+                       for k, v in dataclasses.asdict(section).items()}
+    return out
+
+
+def dump_yaml(cfg: RunConfig) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False, allow_unicode=True)
+
+
+def reference(classes: dict[str, type]) -> list[tuple[str, str, Any, str]]:
+    """(key, type, default, comment) for every key: the source of the README reference."""
+    import inspect
+
+    rows = []
+    for section, cls in classes.items():
+        src = inspect.getsource(cls).splitlines()
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            comment = ""
+            for line in src:
+                if line.strip().startswith(f"{f.name}:") and "#" in line:
+                    comment = line.split("#", 1)[1].strip()
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            rows.append((f"{section}.{f.name}", _type_text(hints[f.name]), default, comment))
+    return rows
+
+
+def _type_text(hint: Any) -> str:
+    if typing.get_origin(hint) is Literal:
+        return " \\| ".join(str(a) for a in typing.get_args(hint))
+    if typing.get_origin(hint) is tuple:
+        return f"list of {_name(typing.get_args(hint)[0])}"
+    return _name(hint)

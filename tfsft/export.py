@@ -1,0 +1,91 @@
+"""Model files: the run's final model (no optimizer state), and `.keras` / preset exports.
+
+A run's `model/` folder is a KerasHub preset of the fine-tuned backbone and its
+preprocessor (so `keras_hub.models.Backbone.from_preset(run/model)` works), plus
+`head.npz`: the weights of every task layer outside the backbone, in layer order.
+No optimizer state is saved anywhere: with AdamW it would triple the size.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from tfsft.errors import RunDirError
+
+
+def head_layers(model, backbone) -> list:
+    return [layer for layer in model.layers if layer is not backbone and layer.weights]
+
+
+def save_final(model, backbone, preprocessor, folder: Path) -> None:
+    """Write backbone + preprocessor as a KerasHub preset, and the head weights."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    backbone.save_to_preset(str(folder))
+    preprocessor.save_to_preset(str(folder))
+    arrays = {}
+    for i, layer in enumerate(head_layers(model, backbone)):
+        for j, w in enumerate(layer.get_weights()):
+            arrays[f"{i:03d}_{layer.name}/{j}"] = w
+    tmp = folder / "head.tmp.npz"
+    np.savez(tmp, **arrays)
+    tmp.replace(folder / "head.npz")
+
+
+def load_backbone(folder: Path, max_length: int | None = None):
+    """(backbone, preprocessor) from a run's `model/` preset (offline)."""
+    from tfsft import backbones
+
+    import keras_hub
+
+    backbone = keras_hub.models.Backbone.from_preset(str(folder))
+    preprocessor = backbones.load_preprocessor(str(folder), backbone, max_length or 128)
+    if max_length:
+        preprocessor.sequence_length = max_length
+    return backbone, preprocessor
+
+
+def load_final(folder: Path, task, task_cfg, num_outputs: int, max_length: int):
+    """Rebuild the task model from a run's `model/` folder: (model, backbone, preprocessor)."""
+    folder = Path(folder)
+    backbone, preprocessor = load_backbone(folder, max_length)
+    model = task.build_model(task_cfg, backbone, num_outputs, 0.0)
+    head = np.load(folder / "head.npz")
+    layers = head_layers(model, backbone)
+    by_layer: dict[int, list] = {}
+    for key in sorted(head.files):
+        by_layer.setdefault(int(key.split("_", 1)[0]), []).append(head[key])
+    if len(by_layer) != len(layers):
+        raise RunDirError(f"{folder}/head.npz holds {len(by_layer)} layers but the task builds "
+                          f"{len(layers)}: was the run made by another version of its task?")
+    for i, layer in enumerate(layers):
+        layer.set_weights(by_layer[i])
+    return model, backbone, preprocessor
+
+
+def export_keras(model, path: Path) -> Path:
+    """A single `.keras` file of the task model (architecture + weights, no optimizer)."""
+    path = Path(path)
+    model.save(str(path))
+    return path
+
+
+def export_preset(model, backbone, preprocessor, folder: Path) -> Path:
+    """A KerasHub preset. Where KerasHub has a task class (BERT: `TextClassifier`), the
+    preset is a full task preset: `keras_hub.models.TextClassifier.from_preset(folder)`
+    reloads it with its preprocessor. Otherwise (GPT-2 head) the preset holds backbone and
+    preprocessor, and the head weights sit beside them in `head.npz`."""
+    import keras_hub
+
+    folder = Path(folder)
+    if isinstance(model, keras_hub.models.Task):
+        model.preprocessor = preprocessor
+        try:
+            model.save_to_preset(str(folder))
+        finally:
+            model.preprocessor = None
+    else:
+        save_final(model, backbone, preprocessor, folder)
+    return folder

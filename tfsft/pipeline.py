@@ -1,0 +1,120 @@
+"""tf.data input pipelines: tokenise once, then batch padded to each batch's longest row.
+
+Features are tokenised a single time (in-graph tokenisers are slow to rerun every epoch),
+stored as int32 arrays padded to `max_length`, and every batch is trimmed to its own
+longest row. With `bucket` the training order groups rows of similar length: shuffle all,
+sort inside chunks of 64 batches, shuffle the batches (what Hugging Face calls
+group_by_length), which removes most padding while keeping batches random.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+CHUNK_BATCHES = 64
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """Tokenised inputs of one split: int32 arrays [rows, max_length] and token counts."""
+
+    features: dict  # name -> np.ndarray[int32], e.g. token_ids, segment_ids, padding_mask
+    lengths: np.ndarray  # tokens kept per row, special tokens included
+    full_lengths: np.ndarray  # tokens before truncation, special tokens included
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+
+def encode(preprocessor, texts: list[str], pairs: list[str] | None = None,
+           batch_size: int = 1024) -> Encoded:
+    """Run the KerasHub preprocessor over all texts once; returns padded int32 arrays."""
+    import tensorflow as tf
+
+    tokenizer = preprocessor.tokenizer
+    special = 2 if pairs is None else 3
+    inputs = (texts,) if pairs is None else (texts, pairs)
+    ds = tf.data.Dataset.from_tensor_slices(inputs).batch(batch_size)
+
+    def run(*cols):
+        x = preprocessor(cols[0] if len(cols) == 1 else cols)
+        n = sum(tokenizer(c).row_lengths() for c in cols) + special
+        return x, tf.cast(n, tf.int32)
+
+    chunks: dict[str, list] = {}
+    full = []
+    for x, n in ds.map(run, num_parallel_calls=tf.data.AUTOTUNE):
+        for k, v in x.items():
+            chunks.setdefault(k, []).append(tf.cast(v, tf.int32).numpy())
+        full.append(n.numpy())
+    if not full:
+        return Encoded({}, np.zeros(0, np.int32), np.zeros(0, np.int32))
+    features = {k: np.concatenate(v) for k, v in chunks.items()}
+    lengths = features["padding_mask"].sum(axis=1).astype(np.int32)
+    return Encoded(features, lengths, np.concatenate(full))
+
+
+def _trim(x, *rest):
+    """Cut a padded batch to its longest row."""
+    import tensorflow as tf
+
+    longest = tf.reduce_max(tf.reduce_sum(x["padding_mask"], axis=1))
+    x = {k: v[:, :longest] for k, v in x.items()}
+    return (x, *rest)
+
+
+def train_dataset(enc: Encoded, targets: np.ndarray, weights: np.ndarray | None,
+                  batch_size: int, seed: int, bucket: bool):
+    """Shuffled, optionally length-grouped training batches (one pass = one epoch)."""
+    import tensorflow as tf
+
+    parts = (enc.features, targets) if weights is None else (enc.features, targets, weights)
+    ds = tf.data.Dataset.from_tensor_slices(parts)
+    ds = ds.shuffle(len(enc), seed=seed, reshuffle_each_iteration=True)
+    if bucket:
+        def sort_chunk(*chunk):
+            order = tf.argsort(tf.reduce_sum(chunk[0]["padding_mask"], axis=1), stable=True)
+            chunk = tf.nest.map_structure(lambda t: tf.gather(t, order), chunk)
+            return tf.data.Dataset.from_tensor_slices(chunk).batch(batch_size)
+
+        ds = ds.batch(batch_size * CHUNK_BATCHES).flat_map(sort_chunk)
+        ds = ds.shuffle(CHUNK_BATCHES, seed=seed + 1, reshuffle_each_iteration=True)
+        # chunks are whole multiples of the batch size, so the batch count is exact
+        ds = ds.apply(tf.data.experimental.assert_cardinality(
+            steps_per_epoch(len(enc), batch_size)))
+    else:
+        ds = ds.batch(batch_size)
+    return ds.map(_trim, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+
+
+def eval_dataset(enc: Encoded, targets: np.ndarray | None, batch_size: int):
+    """Batches in file order (predictions line up with rows), each trimmed to its longest."""
+    import tensorflow as tf
+
+    parts = enc.features if targets is None else (enc.features, targets)
+    ds = tf.data.Dataset.from_tensor_slices(parts).batch(batch_size)
+    if targets is None:
+        ds = ds.map(lambda x: _trim(x)[0])
+    else:
+        ds = ds.map(_trim)
+    return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def steps_per_epoch(rows: int, batch_size: int) -> int:
+    return -(-rows // batch_size)
+
+
+def length_summary(enc: Encoded, max_length: int) -> dict:
+    """Token length percentiles (before truncation) and the share of truncated rows."""
+    if not len(enc):
+        return {"rows": 0}
+    p = np.percentile(enc.full_lengths, [50, 90, 95, 99, 100])
+    return {
+        "rows": int(len(enc)),
+        "tokens_p50": float(p[0]), "tokens_p90": float(p[1]), "tokens_p95": float(p[2]),
+        "tokens_p99": float(p[3]), "tokens_max": float(p[4]),
+        "truncated_share": float(np.mean(enc.full_lengths > max_length)),
+        "padding_share_fixed": float(1 - enc.lengths.sum() / (len(enc) * max_length)),
+    }

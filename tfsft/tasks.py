@@ -1,0 +1,129 @@
+"""Task plugin contract and explicit discovery.
+
+A task plugin is a folder `tasks/<name>/` with `task.py` defining one module-level `TASK`
+object, a `config.yaml` of task defaults and a `README.md`. Folders are loaded by path;
+installed plugins are found through the entry-point group `tfsft.tasks` (the entry point
+names a `TASK` object). Nothing registers itself on import.
+
+The contract (every member is checked at load time; a missing one is a `PluginError` that
+names the plugin and the member):
+
+    name: str
+        The task's name, used in run directory names and manifests.
+    config_class: type
+        A frozen dataclass: the `task:` section of the config.
+    examples(task_cfg, rows: data.Rows, labelled: bool) -> Examples
+        Map reader rows to the task's inputs (and labels); raise DataError naming file,
+        line and field for bad rows. `Examples` supports len(), `.where`, `.take(idx)`
+        and `.labels`.
+    make_label_map(task_cfg, train_examples) -> list[str]
+        The output classes, in id order; saved with the run.
+    encode_inputs(task_cfg, preprocessor, examples) -> pipeline.Encoded
+        Tokenise once into int32 arrays (usable in tf.data).
+    encode_targets(task_cfg, label_names, examples) -> np.ndarray
+        Training targets, validated against the label map.
+    build_model(task_cfg, backbone, num_outputs, dropout) -> keras.Model
+        The head on the backbone; takes the int32 features, returns logits.
+    loss(task_cfg, label_smoothing) -> keras.losses.Loss
+    metrics(task_cfg) -> list[keras.metrics.Metric]  (validation names: `val_<name>`)
+    decode(task_cfg, label_names, logits) -> list[dict]
+        User-facing predictions: label names and scores.
+    report(task_cfg, label_names, targets, logits) -> dict
+        Evaluation report of one split (accuracy, precision/recall/F1, confusion matrix).
+
+Optional: class_weights(task_cfg, targets, num_labels) -> per-example weights, used by
+`train.class_weights: balanced`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import sys
+from importlib import metadata
+from pathlib import Path
+
+from tfsft.errors import PluginError
+
+CONTRACT = ("name", "config_class", "examples", "make_label_map", "encode_inputs",
+            "encode_targets", "build_model", "loss", "metrics", "decode", "report")
+ENTRY_POINT_GROUP = "tfsft.tasks"
+
+
+def verify(task: object, origin: str) -> object:
+    """Check that `task` has every member of the contract; raise naming the missing ones."""
+    missing = [m for m in CONTRACT if not hasattr(task, m)]
+    if missing:
+        raise PluginError(
+            f"task plugin {origin} is missing {', '.join(missing)} "
+            f"(the contract is: {', '.join(CONTRACT)}; see tfsft/tasks.py)")
+    import dataclasses
+
+    if not dataclasses.is_dataclass(task.config_class):
+        raise PluginError(f"task plugin {origin}: config_class must be a dataclass")
+    return task
+
+
+def load_module(folder: Path):
+    """Import `folder/task.py` as a package module, so plugins may import their siblings."""
+    folder = Path(folder).resolve()
+    task_file = folder / "task.py"
+    if not task_file.is_file():
+        hint = " (it holds no task.py)" if folder.is_dir() else " (no such folder)"
+        raise PluginError(f"{folder} is not a task folder{hint}. Task folders look like "
+                          "tasks/sentiment; run `tfsft list` to see the tasks found.")
+    digest = hashlib.sha1(str(folder).encode()).hexdigest()[:8]
+    pkg_name = f"tfsft_task_{folder.name.replace('-', '_')}_{digest}"
+    if pkg_name + ".task" in sys.modules:
+        return sys.modules[pkg_name + ".task"]
+    pkg_spec = importlib.util.spec_from_file_location(
+        pkg_name, folder / "__init__.py", submodule_search_locations=[str(folder)])
+    package = importlib.util.module_from_spec(pkg_spec)
+    sys.modules[pkg_name] = package
+    if (folder / "__init__.py").exists():
+        pkg_spec.loader.exec_module(package)
+    spec = importlib.util.spec_from_file_location(pkg_name + ".task", task_file)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    try:
+        spec.loader.exec_module(module)
+    except Exception:
+        del sys.modules[spec.name]
+        raise
+    return module
+
+
+def load_task(folder: Path | str):
+    """Load and verify the TASK of a task folder."""
+    module = load_module(Path(folder))
+    if not hasattr(module, "TASK"):
+        raise PluginError(f"task plugin {folder}: task.py defines no module-level TASK object")
+    return verify(module.TASK, str(folder))
+
+
+def installed_tasks() -> dict[str, object]:
+    """Entry-point plugins: {name: entry point} (not loaded until asked for)."""
+    return {ep.name: ep for ep in metadata.entry_points(group=ENTRY_POINT_GROUP)}
+
+
+def resolve(spec: str, search: tuple[Path, ...] = (Path("tasks"),)):
+    """A task by folder path, else by installed entry-point name. Returns (task, folder|None)."""
+    path = Path(spec)
+    if path.exists() or "/" in spec or spec.startswith("."):
+        return load_task(path), path.resolve()
+    for root in search:
+        if (root / spec / "task.py").is_file():
+            return load_task(root / spec), (root / spec).resolve()
+    eps = installed_tasks()
+    if spec in eps:
+        return verify(eps[spec].load(), f"entry point {spec!r}"), None
+    known = sorted(set(eps) | {p.parent.name for r in search for p in r.glob("*/task.py")})
+    raise PluginError(f"no task {spec!r}: not a folder with task.py, and no installed plugin "
+                      f"of that name. Known tasks: {', '.join(known) or 'none'}")
+
+
+def discover(root: Path = Path("tasks")) -> list[tuple[str, str]]:
+    """(name, where) for task folders under `root` and installed entry points."""
+    found = [(p.parent.name, str(p.parent)) for p in sorted(Path(root).glob("*/task.py"))]
+    found += [(name, f"entry point {ep.value}") for name, ep in installed_tasks().items()]
+    return found
