@@ -31,8 +31,10 @@ def _bert_vocab() -> list[str]:
 
 
 def build_tiny_bert(folder: Path) -> Path:
+    import keras
     import keras_hub
 
+    keras.utils.set_random_seed(1234)  # the same random "pretrained" weights every time
     tokenizer = keras_hub.models.BertTokenizer(vocabulary=_bert_vocab(), lowercase=True)
     backbone = keras_hub.models.BertBackbone(
         vocabulary_size=len(_bert_vocab()), num_layers=2, num_heads=2, hidden_dim=16,
@@ -75,8 +77,10 @@ def _words_bpe(vocab: dict[str, int], words: list[str]) -> list[str]:
 
 
 def build_tiny_gpt2(folder: Path) -> Path:
+    import keras
     import keras_hub
 
+    keras.utils.set_random_seed(1234)
     vocab = _byte_vocab()
     merges = _words_bpe(vocab, ["Ġgood", "Ġbad", "Ġgreat", "Ġawful", "Ġthe"])
     tokenizer = keras_hub.models.GPT2Tokenizer(vocabulary=vocab, merges=merges)

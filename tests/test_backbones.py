@@ -2,6 +2,8 @@ from __future__ import annotations
 
 import builtins
 
+import numpy as np
+
 import pytest
 
 from tfsft import backbones
@@ -57,17 +59,19 @@ def test_freezing(family, request):
 
 def test_lora_after_load_trains_only_adapters(tiny_bert):
     b, _ = backbones.load(str(tiny_bert), 16)
-    before = [w.numpy().copy() for w in b.weights]
+    before = {w.path: w.numpy().copy() for w in b.weights}
     backbones.set_trainable(b, "none", 0, 4)
     names = [w.path for w in b.trainable_weights]
     assert names and all("lora" in n or "bias" in n for n in names), names
     # loading happened before enabling LoRA, so the pretrained weights are intact
-    kept = {w.path: w.numpy() for w in b.weights}
-    assert sum(1 for w in before if any(w.shape == v.shape for v in kept.values())) == len(before)
+    after = {w.path: w.numpy() for w in b.weights}
+    for path, value in before.items():
+        np.testing.assert_array_equal(after[path], value)
     lora_b = [w for w in b.trainable_weights if "lora_kernel_b" in w.path]
     lora_a = [w for w in b.trainable_weights if "lora_kernel_a" in w.path]
-    assert lora_a and lora_b
-    assert all(abs(w.numpy()).sum() > 0 for w in lora_a)  # A random, B zero at start
+    assert len(lora_a) == len(lora_b) == 2 * b.num_layers  # query and value per layer
+    assert all(abs(w.numpy()).sum() > 0 for w in lora_a)  # A random ...
+    assert all(abs(w.numpy()).sum() == 0 for w in lora_b)  # ... B zero: starts as identity
 
 
 def test_hf_checkpoint_dir_loads_offline():

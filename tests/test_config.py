@@ -61,7 +61,10 @@ def test_cross_field_errors_quote_keys_and_values(cls_task):
 def test_override_syntax_errors():
     with pytest.raises(ConfigError, match="section.key=value"):
         c.parse_override("epochs=3")
-    assert c.parse_override("train.learning_rate=3e-5") == ("train.learning_rate", 3e-5)
+    # YAML 1.1 reads 3e-5 (no dot) as text: float fields still accept it
+    assert c.parse_override("train.learning_rate=3e-5") == ("train.learning_rate", "3e-5")
+    assert c.coerce("3e-5", float) == (True, 3e-5, "a number")
+    assert c.coerce("7", int)[0] is False  # a quoted number is not silently an int
     assert c.parse_override("data.train=a=b.tsv") == ("data.train", "a=b.tsv")
 
 

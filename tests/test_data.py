@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import gzip
-import json
 
 import numpy as np
 import pytest
@@ -95,7 +94,21 @@ def test_fingerprint(tmp_path):
     p = write(tmp_path / "a.tsv", "text\tlabel\nx\ty\n")
     fp = data.fingerprint(str(p))
     assert len(fp["sha256"]) == 64 and fp["bytes"] == p.stat().st_size
-    assert json.dumps(fp)
+    p.write_text("text\tlabel\nx\tz\n")
+    assert data.fingerprint(str(p))["sha256"] != fp["sha256"]
+
+
+def test_quoted_field_spanning_lines_keeps_newline_and_first_line(tmp_path):
+    p = write(tmp_path / "q.csv", 'text,label\n"two\nlines",a\nnext,b\n')
+    rows = data.read_rows(str(p))
+    assert rows.fields[0]["text"] == "two\nlines"
+    assert rows.where == ["q.csv:2", "q.csv:4"]
+
+
+def test_unparseable_csv_row_is_a_data_error(tmp_path):
+    p = write(tmp_path / "bad.csv", 'text,label\n"unterminated,a\n')
+    with pytest.raises(DataError, match="bad.csv:2"):
+        data.read_rows(str(p))
 
 
 def test_tfds_source_with_mock_data():

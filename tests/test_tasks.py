@@ -130,8 +130,12 @@ def test_multi_label_classification(tiny_bert):
     out = task.decode(cfg, labels, logits)
     assert set(out[0]) == {"labels", "scores"}
     loss = task.loss(cfg, 0.0)
-    assert float(loss(y, logits)) > 0
-    assert task.report(cfg, labels, y, logits)["hamming_accuracy"] >= 0
+    probs = 1 / (1 + np.exp(-logits))
+    expected = -np.mean(y * np.log(probs) + (1 - y) * np.log(1 - probs))
+    assert float(loss(y, logits)) == pytest.approx(expected, rel=1e-4)
+    predicted = (probs >= cfg.threshold).astype(int)
+    rep = task.report(cfg, labels, y, logits)
+    assert rep["hamming_accuracy"] == pytest.approx((predicted == y).mean())
 
 
 def test_label_smoothing_loss_matches_onehot_formula():

@@ -45,10 +45,38 @@ def test_gradient_accumulation_updates_every_k_batches():
     assert not np.allclose(model.get_weights()[0], w0)
 
 
-def test_clipping_bounds_the_update():
+def test_clip_norm_zero_means_off():
+    assert training.make_optimizer(1.0, 10, 0.0, "constant", 0.0, 0.0, 1).global_clipnorm is None
+    assert training.make_optimizer(1.0, 10, 0.0, "constant", 0.0, 0.5, 1).global_clipnorm == 0.5
+
+
+@pytest.mark.parametrize(("rows", "batch", "epochs", "max_steps", "accum", "expected"), [
+    (100, 10, 3, 0, 1, (3, 10, 30)),
+    (95, 10, 2, 0, 1, (2, 10, 20)),        # a partial last batch counts
+    (100, 10, 3, 25, 1, (3, 10, 25)),      # stops inside the third epoch
+    (100, 10, 0, 7, 1, (1, 10, 7)),        # epochs=0: max_steps alone decides
+    (100, 10, 0, 7, 2, (2, 10, 14)),       # max_steps counts updates of 2 batches
+    (100, 10, 1, 0, 2, (1, 10, 10)),
+])
+def test_plan(rows, batch, epochs, max_steps, accum, expected):
+    p = training.plan(rows, batch, epochs, max_steps, accum)
+    assert (p.epochs, p.batches_per_epoch, p.total_batches) == expected
+
+
+def test_schedule_spans_all_batches_with_accumulation():
+    """Keras' schedules count batches, also with gradient accumulation: the decay must
+    reach zero at the last batch, not after 1/k of training."""
     import keras
 
     keras.utils.set_random_seed(0)
-    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1, use_bias=False)])
-    opt = training.make_optimizer(1.0, 10, 0.0, "constant", 0.0, 1e-6, 1)
-    assert opt.global_clipnorm == 1e-6
+    p = training.plan(rows=40, batch_size=4, epochs=1, max_steps=0, grad_accum_steps=2)
+    opt = training.make_optimizer(1e-2, p.total_batches, 0.0, "linear", 0.0, 0.0, 2)
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    model.compile(optimizer=opt, loss="mse")
+    x, y = np.ones((4, 2), np.float32), np.zeros((4, 1), np.float32)
+    rates = []
+    for _ in range(p.total_batches):
+        rates.append(float(keras.ops.convert_to_numpy(opt.learning_rate)))
+        model.train_on_batch(x, y)
+    assert rates[p.total_batches // 2] == pytest.approx(5e-3)
+    assert rates[-1] > 0 and int(keras.ops.convert_to_numpy(opt.iterations)) == 5

@@ -81,10 +81,11 @@ def parser() -> argparse.ArgumentParser:
             p.add_argument("task", help="task folder (tasks/sentiment) or installed task name")
         elif name != "list":
             p.add_argument("run", help="run directory made by `tfsft fit`")
-        p.add_argument("overrides", nargs="*", metavar="section.key=value",
-                       help="config overrides, applied last")
-        p.add_argument("--config", action="append", default=[], metavar="FILE",
-                       help="YAML config file; repeatable, later files win")
+        if name != "list":
+            p.add_argument("overrides", nargs="*", metavar="section.key=value",
+                           help="config overrides, applied last")
+            p.add_argument("--config", action="append", default=[], metavar="FILE",
+                           help="YAML config file; repeatable, later files win")
         p.add_argument("--debug", action="store_true", help="show tracebacks for all errors")
         if name == "fit":
             p.add_argument("--output", help="run directory (default runs/<task>-<timestamp>)")
@@ -119,7 +120,10 @@ def main(argv: list[str] | None = None) -> int:
     bad = [e for e in extra if e.startswith("-") or "=" not in e]
     if bad:
         top.error(f"unrecognized arguments: {' '.join(bad)}")
-    args.overrides = list(getattr(args, "overrides", [])) + extra
+    if extra and not hasattr(args, "overrides"):
+        top.error(f"{args.command} takes no overrides: {' '.join(extra)}")
+    if hasattr(args, "overrides"):
+        args.overrides = list(args.overrides) + extra
     try:
         return COMMANDS[args.command](args) or 0
     except UserError as e:
@@ -171,6 +175,9 @@ def cmd_evaluate(args) -> int:
 def cmd_predict(args) -> int:
     from tfsft import workflow
 
+    if args.output != "-" and args.input != "-" and os.path.exists(args.output) and \
+            os.path.samefile(args.input, args.output):
+        raise UserError(f"--output {args.output} is the input file; choose another output")
     out = sys.stdout if args.output == "-" else open(args.output, "w", encoding="utf-8")
     try:
         for row in workflow.predict(args.run, args.input, args.config, args.overrides):
@@ -188,14 +195,16 @@ def cmd_export(args) -> int:
     bad = [f for f in formats if f not in ("keras", "preset")]
     if bad or not formats:
         raise UserError(f"--format {args.format!r}: expected keras, preset or keras,preset")
-    for path in workflow.export_run(args.run, args.out, formats, args.overwrite):
+    for path in workflow.export_run(args.run, args.out, formats, args.overwrite, args.config,
+                                    args.overrides):
         print(f"wrote {path}")
     return 0
 
 
 def cmd_list(args) -> int:
-    from tfsft import backbones, tasks
+    from tfsft import backbones, quiet, tasks
 
+    quiet.import_tensorflow_quietly()
     print("tasks:")
     for name, where in tasks.discover():
         print(f"  {name:20s} {where}")

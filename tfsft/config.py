@@ -75,6 +75,7 @@ class TrainConfig:
     early_stopping_patience: int = 0  # epochs without improvement before stopping (0: off)
     keep_best: bool = True  # restore the best epoch's weights (by `monitor`) at the end
     seed: int = 42  # seeds Python, NumPy, TensorFlow and Keras; also shuffling and splits
+    deterministic: bool = False  # TF op determinism: bit-identical reruns, somewhat slower
     eval_batch_size: int = 64  # batch size for validation, evaluate and predict
 
 
@@ -125,8 +126,6 @@ def parse_override(text: str) -> tuple[str, Any]:
         value = yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError:
         value = raw
-    if isinstance(value, str) and _FLOAT.fullmatch(value.strip()):
-        value = float(value)
     return key.strip(), value
 
 
@@ -153,6 +152,8 @@ def _merge_layer(merged: dict, layer: dict, origin: str, base: Path, classes: di
     for section, values in layer.items():
         if section not in classes:
             errors.append(f"{origin}: unknown section {section!r}{_suggest(section, classes)}")
+            continue
+        if values is None:  # a section whose keys are all commented out
             continue
         if not isinstance(values, dict):
             errors.append(f"{origin}: section {section!r} must be a mapping, "
@@ -192,8 +193,7 @@ def load_config(task_config_class: type, task_yaml: Path | None = None,
     values = {}
     for section, cls in classes.items():
         values[section] = build_dataclass(cls, merged.get(section, {}), section, errors)
-    if not errors:
-        errors.extend(cross_check(values["data"], values["train"], values["model"]))
+    errors.extend(cross_check(values["data"], values["train"], values["model"]))
     if errors:
         raise ConfigError(errors)
     return RunConfig(**values)
@@ -229,9 +229,18 @@ def cross_check(data: DataConfig, train: TrainConfig, model: ModelConfig) -> lis
                         ("train.early_stopping_patience", train.early_stopping_patience)]:
         if value < 0:
             errors.append(f"`{name}` ({value}) must be >= 0")
-    if model.lora_rank and model.freeze != "none":
+    if model.lora_rank and (model.freeze != "none" or model.freeze_layers):
         errors.append(f"`model.lora_rank` ({model.lora_rank}) already freezes the backbone; "
-                      f"`model.freeze` ({model.freeze!r}) must then be 'none'")
+                      f"`model.freeze` ({model.freeze!r}) must then be 'none' and "
+                      f"`model.freeze_layers` ({model.freeze_layers}) 0")
+    if train.global_batch_size % max(train.grad_accum_steps, 1):
+        errors.append(f"`train.global_batch_size` ({train.global_batch_size}) must be divisible "
+                      f"by `train.grad_accum_steps` ({train.grad_accum_steps})")
+    for split in ("train", "validation", "test"):
+        source = getattr(data, split)
+        if data.format == "tfds" and source and not source.startswith("tfds:"):
+            errors.append(f"`data.format` is 'tfds' but `data.{split}` ({source!r}) does not "
+                          "start with tfds: (write tfds:name, e.g. tfds:glue/sst2)")
     return errors
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +18,8 @@ from pathlib import Path
 import numpy as np
 
 from tfsft.errors import DataError
+
+MAX_FIELD_CHARS = 10_000_000  # csv's default limit (131,072) rejects long documents
 
 
 @dataclass(frozen=True)
@@ -53,7 +56,7 @@ def read_rows(source: str, fmt: str = "auto", quoting: str = "none", split: str 
     fmt = detect_format(source, fmt)
     if fmt == "tfds":
         return read_tfds(source, split, tfds_dir, tfds_download)
-    lines = _read_lines(Path(source))
+    lines = read_lines(Path(source))
     if fmt == "jsonl":
         return _parse_jsonl(source, lines)
     if fmt == "csv":
@@ -62,7 +65,7 @@ def read_rows(source: str, fmt: str = "auto", quoting: str = "none", split: str 
                             csv.QUOTE_NONE if quoting == "none" else csv.QUOTE_MINIMAL)
 
 
-def _read_lines(path: Path) -> list[str]:
+def read_lines(path: Path) -> list[str]:
     """Decode a file line by line so an encoding error names its line."""
     if not path.exists():
         raise DataError(f"{path}: file not found. Check `data.train`/`data.validation`.")
@@ -95,18 +98,33 @@ def _read_lines(path: Path) -> list[str]:
 
 
 def _parse_delimited(source: str, lines: list[str], delimiter: str, quoting: int) -> Rows:
+    """Rows of a delimited file; a quoted field may span lines (it is reported at its
+    first line)."""
     name = Path(source).name
-    reader = csv.reader(lines, delimiter=delimiter, quoting=quoting)
-    header = next(reader)
+    csv.field_size_limit(MAX_FIELD_CHARS)
+    reader = csv.reader(io.StringIO("\n".join(lines) + "\n", newline=""),
+                        delimiter=delimiter, quoting=quoting)
+    sep = "TAB" if delimiter == "\t" else repr(delimiter)
+    try:
+        header = next(reader)
+    except csv.Error as e:
+        raise DataError(f"{source}:1: cannot parse the header ({e})") from None
     if len(set(header)) != len(header) or any(not h.strip() for h in header):
         raise DataError(f"{source}:1: the header {header!r} must name each column once")
     fields, where, problems = [], [], []
-    for row in reader:
-        number = reader.line_num
+    while True:
+        number = reader.line_num + 1
+        try:
+            row = next(reader)
+        except StopIteration:
+            break
+        except csv.Error as e:
+            problems.append(f"{source}:{number}: cannot parse this row ({e}); check its quotes "
+                            "or set `data.quoting`")
+            break
         if not row or (len(row) == 1 and not row[0].strip()):
             continue  # blank line
         if len(row) != len(header):
-            sep = "TAB" if delimiter == "\t" else repr(delimiter)
             problems.append(f"{source}:{number}: expected {len(header)} {sep}-separated fields "
                             f"({', '.join(header)}), got {len(row)}: {lines[number - 1][:80]!r}")
             continue
@@ -166,7 +184,9 @@ def read_tfds(source: str, split: str, data_dir: str, download: bool) -> Rows:
             if isinstance(v, bytes):
                 v = v.decode("utf-8")
             elif k in label_names and np.ndim(v) == 0:
-                v = label_names[k][int(v)]
+                # unlabelled splits (GLUE test) store -1: report the label as missing
+                n = int(v)
+                v = label_names[k][n] if 0 <= n < len(label_names[k]) else None
             elif isinstance(v, np.generic):
                 v = v.item()
             row[k] = v

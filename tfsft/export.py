@@ -28,7 +28,7 @@ def save_final(model, backbone, preprocessor, folder: Path) -> None:
     arrays = {}
     for i, layer in enumerate(head_layers(model, backbone)):
         for j, w in enumerate(layer.get_weights()):
-            arrays[f"{i:03d}_{layer.name}/{j}"] = w
+            arrays[f"{i:03d}/{j:03d}/{type(layer).__name__}"] = w
     tmp = folder / "head.tmp.npz"
     np.savez(tmp, **arrays)
     tmp.replace(folder / "head.npz")
@@ -47,21 +47,32 @@ def load_backbone(folder: Path, max_length: int | None = None):
     return backbone, preprocessor
 
 
-def load_final(folder: Path, task, task_cfg, num_outputs: int, max_length: int):
+def load_head(model, backbone, path: Path) -> None:
+    """Set the head layers' weights from `head.npz`, checking layer types and shapes."""
+    head = np.load(path)
+    saved: dict[int, list] = {}
+    kinds: dict[int, str] = {}
+    for key in sorted(head.files):
+        i, _, kind = key.split("/")
+        saved.setdefault(int(i), []).append(head[key])
+        kinds[int(i)] = kind
+    layers = head_layers(model, backbone)
+    built = [(type(lyr).__name__, [tuple(w.shape) for w in lyr.weights]) for lyr in layers]
+    found = [(kinds[i], [a.shape for a in saved[i]]) for i in sorted(saved)]
+    if built != found:
+        raise RunDirError(f"{path} holds head layers {found} but the task builds {built}: was "
+                          "the run made with other task settings (pooling, labels, multi-label)?")
+    for i, layer in enumerate(layers):
+        layer.set_weights(saved[i])
+
+
+def load_final(folder: Path, task, task_cfg, num_outputs: int, max_length: int,
+               dropout: float):
     """Rebuild the task model from a run's `model/` folder: (model, backbone, preprocessor)."""
     folder = Path(folder)
     backbone, preprocessor = load_backbone(folder, max_length)
-    model = task.build_model(task_cfg, backbone, num_outputs, 0.0)
-    head = np.load(folder / "head.npz")
-    layers = head_layers(model, backbone)
-    by_layer: dict[int, list] = {}
-    for key in sorted(head.files):
-        by_layer.setdefault(int(key.split("_", 1)[0]), []).append(head[key])
-    if len(by_layer) != len(layers):
-        raise RunDirError(f"{folder}/head.npz holds {len(by_layer)} layers but the task builds "
-                          f"{len(layers)}: was the run made by another version of its task?")
-    for i, layer in enumerate(layers):
-        layer.set_weights(by_layer[i])
+    model = task.build_model(task_cfg, backbone, num_outputs, dropout)
+    load_head(model, backbone, folder / "head.npz")
     return model, backbone, preprocessor
 
 
@@ -81,11 +92,13 @@ def export_preset(model, backbone, preprocessor, folder: Path) -> Path:
 
     folder = Path(folder)
     if isinstance(model, keras_hub.models.Task):
-        model.preprocessor = preprocessor
-        try:
-            model.save_to_preset(str(folder))
-        finally:
-            model.preprocessor = None
+        # a twin of the model with the preprocessor attached, sharing the same backbone
+        twin = type(model)(backbone=backbone, preprocessor=preprocessor,
+                           **{k: v for k, v in model.get_config().items()
+                              if k in ("num_classes", "activation", "dropout")})
+        for mine, theirs in zip(head_layers(twin, backbone), head_layers(model, backbone)):
+            mine.set_weights(theirs.get_weights())
+        twin.save_to_preset(str(folder))
     else:
         save_final(model, backbone, preprocessor, folder)
     return folder

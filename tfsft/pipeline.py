@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 CHUNK_BATCHES = 64
+PAD_MULTIPLE = 8
 
 
 @dataclass(frozen=True)
@@ -57,10 +58,13 @@ def encode(preprocessor, texts: list[str], pairs: list[str] | None = None,
 
 
 def _trim(x, *rest):
-    """Cut a padded batch to its longest row."""
+    """Cut a padded batch to its longest row, rounded up to a multiple of PAD_MULTIPLE (so
+    XLA, where Keras turns it on, compiles a bounded number of shapes)."""
     import tensorflow as tf
 
     longest = tf.reduce_max(tf.reduce_sum(x["padding_mask"], axis=1))
+    width = tf.shape(x["padding_mask"])[1]
+    longest = tf.minimum(-(-longest // PAD_MULTIPLE) * PAD_MULTIPLE, width)
     x = {k: v[:, :longest] for k, v in x.items()}
     return (x, *rest)
 

@@ -36,16 +36,27 @@ def default_dir(task_name: str, root: str = "runs") -> Path:
 def create(path: Path, overwrite: bool) -> Path:
     """Make an empty run directory; an existing non-empty one needs `overwrite`."""
     path = Path(path)
-    if path.exists() and (not path.is_dir() or any(path.iterdir())):
+    if path.exists() and not path.is_dir():
+        raise RunDirError(f"{path} exists and is a file; choose another --output")
+    if path.exists() and any(path.iterdir()):
         if not overwrite:
             raise RunDirError(f"{path} already exists and is not empty; choose another "
                               "--output, or pass --overwrite to replace that run")
-        if not (path / "manifest.json").exists() and path.is_dir():
-            raise RunDirError(f"{path} is not a tfsft run directory (no manifest.json); "
-                              "refusing to delete it even with --overwrite")
+        if not is_run(path) or path.resolve() in [Path.cwd(), *Path.cwd().parents]:
+            raise RunDirError(f"{path} is not a tfsft run directory (or holds the current "
+                              "directory); refusing to delete it even with --overwrite")
         shutil.rmtree(path)
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def is_run(path: Path) -> bool:
+    """A directory whose manifest.json was written by tfsft."""
+    try:
+        manifest = json.loads((Path(path) / "manifest.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(manifest, dict) and "tfsft" in manifest.get("versions", {})
 
 
 def write_json(path: Path, data) -> None:

@@ -123,6 +123,39 @@ class HistoryFile(keras.callbacks.Callback):
 
 
 @dataclass(frozen=True)
+class Plan:
+    """How long training runs, in batches (what Keras' LR schedules count, even with
+    gradient accumulation) and epochs."""
+
+    epochs: int
+    batches_per_epoch: int
+    total_batches: int
+
+
+def plan(rows: int, batch_size: int, epochs: int, max_steps: int, grad_accum_steps: int) -> Plan:
+    """`max_steps` counts optimizer updates (each `grad_accum_steps` batches)."""
+    per_epoch = -(-rows // batch_size)
+    total = per_epoch * epochs if epochs else 0
+    if max_steps:
+        cap = max_steps * grad_accum_steps
+        total = min(total, cap) if total else cap
+    return Plan(-(-total // per_epoch), per_epoch, total)
+
+
+class StopAfter(keras.callbacks.Callback):
+    """Stops training after exactly `batches` batches, also in the middle of an epoch."""
+
+    def __init__(self, batches: int):
+        super().__init__()
+        self.batches, self.seen = batches, 0
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.seen += 1
+        if self.seen >= self.batches:
+            self.model.stop_training = True
+
+
+@dataclass(frozen=True)
 class TrainResult:
     history: list[dict]
     best_epoch: int | None
@@ -130,25 +163,23 @@ class TrainResult:
     steps: int
 
 
-def train(model, train_ds, val_ds, *, epochs: int, steps_per_epoch: int, max_steps: int,
-          batch_size: int, run_dir: Path, monitor: str, patience: int, keep_best: bool,
-          verbose: int = 1) -> TrainResult:
+def train(model, train_ds, val_ds, *, plan: Plan, batch_size: int, run_dir: Path,
+          monitor: str, patience: int, keep_best: bool, verbose: int = 1) -> TrainResult:
     """Fit `model` (compiled) and leave it holding the weights to keep.
 
-    `max_steps` > 0 cuts training short (also inside an epoch); with keep_best the weights
-    of the best epoch by `monitor` (mode from its name: loss is minimised) are restored.
+    Runs `plan.total_batches` batches (stopping inside an epoch if need be); with keep_best
+    the weights of the best epoch by `monitor` (loss-like metrics are minimised) are
+    restored at the end.
     """
     run_dir = Path(run_dir)
     mode = "min" if "loss" in monitor else "max"
-    if max_steps:
-        epochs = min(epochs, -(-max_steps // steps_per_epoch))
-        steps_per_epoch = min(steps_per_epoch, max_steps)
     best_path = run_dir / "checkpoints" / "best.weights.h5"
     best_path.parent.mkdir(parents=True, exist_ok=True)
     callbacks = [
         Throughput(batch_size, str(run_dir / "tensorboard")),
         keras.callbacks.TensorBoard(str(run_dir / "tensorboard"), update_freq="epoch"),
         HistoryFile(run_dir / "history.jsonl"),
+        StopAfter(plan.total_batches),
     ]
     if val_ds is not None and keep_best:
         callbacks.append(keras.callbacks.ModelCheckpoint(
@@ -157,20 +188,17 @@ def train(model, train_ds, val_ds, *, epochs: int, steps_per_epoch: int, max_ste
     if val_ds is not None and patience:
         callbacks.append(keras.callbacks.EarlyStopping(monitor=monitor, mode=mode,
                                                        patience=patience, verbose=1))
-    if max_steps:
-        train_ds = train_ds.repeat()
     start = time.perf_counter()
-    hist = model.fit(train_ds, validation_data=val_ds, epochs=epochs, shuffle=False,
-                     steps_per_epoch=steps_per_epoch if max_steps else None,
+    hist = model.fit(train_ds, validation_data=val_ds, epochs=plan.epochs, shuffle=False,
                      callbacks=callbacks, verbose=verbose)
     seconds = time.perf_counter() - start
     rows = [dict(zip(hist.history, vals)) for vals in zip(*hist.history.values())]
+    steps = int(keras.ops.convert_to_numpy(model.optimizer.iterations))  # before any restore
     best_epoch = None
     if val_ds is not None and keep_best and best_path.exists() and monitor in hist.history:
         values = hist.history[monitor]
         pick = min if mode == "min" else max
         best_epoch = values.index(pick(values)) + 1
         model.load_weights(str(best_path))
-    steps = int(keras.ops.convert_to_numpy(model.optimizer.iterations))
     return TrainResult([{k: float(v) for k, v in r.items()} for r in rows], best_epoch,
                        seconds, steps)

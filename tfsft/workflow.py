@@ -145,26 +145,69 @@ def build(task, cfg, num_outputs: int, strategy):
     return model, backbone, preprocessor
 
 
-def compile_model(task, cfg, model, total_steps: int, strategy) -> None:
+def check_training_config(task, cfg) -> None:
+    """Checks that need the task (its metric names, optional members)."""
+    t = cfg.train
+    metric_names = [m.name for m in task.metrics(cfg.task)]
+    valid = ["loss", "val_loss"] + [f"val_{n}" for n in metric_names] + metric_names
+    problems = []
+    if t.monitor not in valid:
+        problems.append(f"`train.monitor` ({t.monitor!r}) is not a metric of task "
+                        f"{task.name!r}; choose one of {', '.join(valid)}")
+    if t.class_weights == "balanced" and not hasattr(task, "class_weights"):
+        problems.append(f"task {task.name!r} does not support `train.class_weights`")
+    if problems:
+        raise ConfigError(problems)
+
+
+def compile_model(task, cfg, model, total_batches: int, strategy) -> None:
     from tfsft import training
 
     t = cfg.train
     with strategy.scope():
-        optimizer = training.make_optimizer(t.learning_rate, total_steps, t.warmup_ratio,
+        optimizer = training.make_optimizer(t.learning_rate, total_batches, t.warmup_ratio,
                                              t.schedule, t.weight_decay, t.clip_norm,
                                              t.grad_accum_steps)
         model.compile(optimizer=optimizer, loss=task.loss(cfg.task, t.label_smoothing),
                       metrics=task.metrics(cfg.task))
 
 
+@dataclass
+class Prepared:
+    """Everything `fit` builds and checks before it writes anything."""
+
+    model: object
+    backbone: object
+    preprocessor: object
+    strategy: object
+
+
+def prepare(task, cfg, splits: Splits) -> Prepared:
+    from tfsft import distribute, quiet
+
+    quiet.import_tensorflow_quietly()
+    import keras
+
+    keras.utils.set_random_seed(cfg.train.seed)
+    if cfg.train.deterministic:
+        import tensorflow as tf
+
+        tf.config.experimental.enable_op_determinism()
+    check_training_config(task, cfg)
+    strategy = distribute.make_strategy()
+    model, backbone, preprocessor = build(task, cfg, len(splits.label_names), strategy)
+    return Prepared(model, backbone, preprocessor, strategy)
+
+
 def fit(task_spec: str, config_files=(), overrides=(), output: str | None = None,
         overwrite: bool = False, verbose: int | None = None) -> Path:
-    """Train a task end to end; returns the run directory."""
-    from tfsft import backbones
+    """Train a task end to end; returns the run directory.
 
+    Config, data, backbone and model are all checked before the run directory is made, so
+    a mistake costs nothing and leaves nothing behind."""
     task, folder, cfg = load_task_and_config(task_spec, config_files, overrides)
     splits = read_splits(task, cfg)
-    backbones.resolve_source(cfg.model.backbone)  # a missing package fails before any write
+    prepared = prepare(task, cfg, splits)
     run_dir = runs.create(Path(output) if output else runs.default_dir(task.name), overwrite)
     log(f"run directory: {run_dir}")
     files = {s: data_lib.fingerprint(getattr(cfg.data, s)) for s in ("train", "validation", "test")
@@ -178,7 +221,7 @@ def fit(task_spec: str, config_files=(), overrides=(), output: str | None = None
                                             "folder": str(folder) if folder else None})
     runs.write_json(run_dir / "labels.json", splits.label_names)
     try:
-        result = _fit_in_run(task, cfg, splits, run_dir, verbose)
+        result = _fit_in_run(task, cfg, splits, prepared, run_dir, verbose)
     except BaseException as e:
         manifest["status"] = "interrupted" if isinstance(e, KeyboardInterrupt) else "failed"
         manifest["error"] = f"{type(e).__name__}: {e}"[:2000]
@@ -189,51 +232,34 @@ def fit(task_spec: str, config_files=(), overrides=(), output: str | None = None
     return run_dir
 
 
-def _fit_in_run(task, cfg, splits: Splits, run_dir: Path, verbose) -> dict:
-    from tfsft import quiet
+def _fit_in_run(task, cfg, splits: Splits, prepared: Prepared, run_dir: Path, verbose) -> dict:
+    from tfsft import export, pipeline, training
 
-    quiet.import_tensorflow_quietly()
-    import keras
-
-    from tfsft import distribute, export, pipeline, training
-
-    keras.utils.set_random_seed(cfg.train.seed)
-    strategy = distribute.make_strategy()
-    n = len(splits.label_names)
-    model, backbone, preprocessor = build(task, cfg, n, strategy)
-    encoded = encode_splits(task, cfg, splits, preprocessor)
+    model, t = prepared.model, cfg.train
+    encoded = encode_splits(task, cfg, splits, prepared.preprocessor)
     summary = summarise(cfg, splits, encoded)
     runs.write_json(run_dir / "data_summary.json", summary)
     print_summary(summary)
-    t = cfg.train
     targets = task.encode_targets(cfg.task, splits.label_names, splits.train)
     weights = None
     if t.class_weights == "balanced":
-        if not hasattr(task, "class_weights"):
-            raise ConfigError(f"task {task.name!r} does not support `train.class_weights`")
-        weights = task.class_weights(cfg.task, targets, n)
+        weights = task.class_weights(cfg.task, targets, len(splits.label_names))
     batch = t.global_batch_size // t.grad_accum_steps
-    if batch * t.grad_accum_steps != t.global_batch_size:
-        raise ConfigError(f"`train.global_batch_size` ({t.global_batch_size}) must be divisible "
-                          f"by `train.grad_accum_steps` ({t.grad_accum_steps})")
     train_ds = pipeline.train_dataset(encoded["train"], targets, weights, batch, t.seed,
                                       cfg.data.bucket_by_length)
     val_targets = task.encode_targets(cfg.task, splits.label_names, splits.validation)
     val_ds = pipeline.eval_dataset(encoded["validation"], val_targets, t.eval_batch_size)
-    steps = pipeline.steps_per_epoch(len(splits.train), batch)
-    updates = steps * t.epochs // t.grad_accum_steps
-    if t.max_steps:
-        updates = min(updates, t.max_steps // t.grad_accum_steps)
-    compile_model(task, cfg, model, max(updates, 1), strategy)
-    log(f"training {model.count_params():,} parameters "
-        f"({sum(int(np.prod(w.shape)) for w in model.trainable_weights):,} trainable) on "
-        f"{len(splits.train)} rows, {steps} steps/epoch, batch {batch}")
+    plan = training.plan(len(splits.train), batch, t.epochs, t.max_steps, t.grad_accum_steps)
+    compile_model(task, cfg, model, plan.total_batches, prepared.strategy)
+    trainable = sum(int(np.prod(w.shape)) for w in model.trainable_weights)
+    log(f"training {model.count_params():,} parameters ({trainable:,} trainable) on "
+        f"{len(splits.train)} rows: {plan.total_batches} batches of {batch} "
+        f"({plan.batches_per_epoch}/epoch, {plan.epochs} epoch(s))")
     result = training.train(
-        model, train_ds, val_ds, epochs=t.epochs, steps_per_epoch=steps, max_steps=t.max_steps,
-        batch_size=batch, run_dir=run_dir, monitor=t.monitor,
-        patience=t.early_stopping_patience, keep_best=t.keep_best,
+        model, train_ds, val_ds, plan=plan, batch_size=batch, run_dir=run_dir,
+        monitor=t.monitor, patience=t.early_stopping_patience, keep_best=t.keep_best,
         verbose=verbose if verbose is not None else (1 if sys.stderr.isatty() else 2))
-    export.save_final(model, backbone, preprocessor, run_dir / "model")
+    export.save_final(model, prepared.backbone, prepared.preprocessor, run_dir / "model")
     metrics = {}
     for split in ("validation", "test"):
         if split in encoded:
@@ -269,6 +295,24 @@ def evaluate_split(task, cfg, model, splits: Splits, split: str, enc, run_dir: P
 # --------------------------------------------------------------------------- run reuse
 
 
+RUN_TIME_TASK_KEYS = ("threshold",)  # task keys that may differ from the trained run's
+
+
+def check_same_model(task, run_dir: Path, cfg) -> None:
+    """Overrides on a finished run may change data and evaluation settings, not the model."""
+    import dataclasses
+
+    trained = config_lib.load_config(task.config_class, run_dir / "config.yaml")
+    changed = [f"model.{f.name}" for f in dataclasses.fields(cfg.model)
+               if getattr(cfg.model, f.name) != getattr(trained.model, f.name)]
+    changed += [f"task.{f.name}" for f in dataclasses.fields(cfg.task)
+                if f.name not in RUN_TIME_TASK_KEYS
+                and getattr(cfg.task, f.name) != getattr(trained.task, f.name)]
+    if changed:
+        raise ConfigError(f"{', '.join(changed)} cannot change after training (the model was "
+                          f"built with them); train a new run with `tfsft fit` instead")
+
+
 def load_run(run_dir: Path, config_files=(), overrides=()):
     """(task, cfg, label_names, model, preprocessor) of a finished run."""
     from tfsft import quiet
@@ -279,11 +323,13 @@ def load_run(run_dir: Path, config_files=(), overrides=()):
     task = tasks.load_task(info["folder"]) if info.get("folder") else tasks.resolve(info["name"])[0]
     cfg = config_lib.load_config(task.config_class, run_dir / "config.yaml", config_files,
                                  overrides)
+    check_same_model(task, run_dir, cfg)
     label_names = runs.read_json(run_dir / "labels.json")
     from tfsft import export
 
     model, _, preprocessor = export.load_final(run_dir / "model", task, cfg.task,
-                                               len(label_names), cfg.data.max_length)
+                                               len(label_names), cfg.data.max_length,
+                                               cfg.model.dropout)
     return task, cfg, label_names, model, preprocessor
 
 
@@ -293,54 +339,55 @@ def evaluate(run_dir: Path, split: str = "validation", config_files=(), override
 
     run_dir = Path(run_dir)
     task, cfg, label_names, model, preprocessor = load_run(run_dir, config_files, overrides)
-    source = getattr(cfg.data, split, None) if split in ("train", "validation", "test") else split
-    if not source:
-        raise ConfigError(f"the run has no `data.{split}`; pass a data file instead "
-                          f"(tfsft evaluate {run_dir} --split path/to/file.tsv)")
-    ex = read_split(task, cfg, source, split if split in ("train", "validation", "test")
-                    else "test")
+    if split in ("train", "validation", "test"):
+        if not getattr(cfg.data, split) and split != "validation":
+            raise ConfigError(f"the run has no `data.{split}`; pass a data file instead "
+                              f"(tfsft evaluate {run_dir} --split path/to/file.tsv)")
+        # re-reads train too: a carved validation split is carved again, identically
+        ex, name = getattr(read_splits(task, cfg), split), split
+    else:
+        ex, name = read_split(task, cfg, split, "test"), f"file:{Path(split).name}"
     targets = task.encode_targets(cfg.task, label_names, ex)
     logits = predict_logits(model, task.encode_inputs(cfg.task, preprocessor, ex),
                             cfg.train.eval_batch_size)
     rep = task.report(cfg.task, label_names, targets, logits)
-    name = split if split in ("train", "validation", "test") else Path(split).stem
     path = run_dir / "metrics.json"
     existing = json.loads(path.read_text()) if path.exists() else {}
     existing[name] = rep
     runs.write_json(path, existing)
+    stem = name.replace("file:", "file_").replace("/", "_")
     (run_dir / "reports").mkdir(exist_ok=True)
-    metrics_lib.plot_confusion_matrix(rep, str(run_dir / "reports" / f"confusion_{name}.png"),
+    metrics_lib.plot_confusion_matrix(rep, str(run_dir / "reports" / f"confusion_{stem}.png"),
                                       title=f"{task.name}: {name}")
-    (run_dir / "reports" / f"report_{name}.txt").write_text(metrics_lib.format_report(rep))
+    (run_dir / "reports" / f"report_{stem}.txt").write_text(metrics_lib.format_report(rep))
     return rep
 
 
 def read_predict_input(stream_or_path: str) -> data_lib.Rows:
-    """One text per line, or JSONL objects (detected by a leading `{`)."""
+    """A data file (.tsv/.csv/.jsonl), or text lines: one text per line, or JSONL objects
+    (detected by a leading `{`); `-` reads standard input."""
     if stream_or_path == "-":
-        lines = sys.stdin.read().splitlines()
-        source = "<stdin>"
+        source, lines = "<stdin>", [ln.rstrip("\r") for ln in sys.stdin.read().split("\n")]
     else:
         path = Path(stream_or_path)
-        if path.suffix.lower() in (".tsv", ".csv"):
+        if path.suffix.lower() in (".tsv", ".csv", ".jsonl"):
             return data_lib.read_rows(str(path))
-        lines = data_lib._read_lines(path)
-        source = str(path)
-    lines = [ln for ln in lines if ln.strip()]
-    if not lines:
+        source, lines = str(path), data_lib.read_lines(path)
+    name = Path(source).name if source != "<stdin>" else source
+    numbered = [(i, ln) for i, ln in enumerate(lines, 1) if ln.strip()]
+    if not numbered:
         raise DataError(f"{source}: no input text")
-    if lines[0].lstrip().startswith("{"):
-        fields, where = [], []
-        for i, line in enumerate(lines, 1):
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{source}:{i}: not valid JSON ({e.msg})") from None
-            fields.append(obj)
-            where.append(f"{source}:{i}")
-        return data_lib.Rows(source, fields, where)
-    return data_lib.Rows(source, [{"text": ln} for ln in lines],
-                         [f"{source}:{i}" for i in range(1, len(lines) + 1)])
+    fields = []
+    as_json = numbered[0][1].lstrip().startswith("{")
+    for i, line in numbered:
+        if not as_json:
+            fields.append({"text": line})
+            continue
+        try:
+            fields.append(json.loads(line))
+        except json.JSONDecodeError as e:
+            raise DataError(f"{source}:{i}: not valid JSON ({e.msg})") from None
+    return data_lib.Rows(source, fields, [f"{name}:{i}" for i, _ in numbered])
 
 
 def predict(run_dir: Path, input_path: str = "-", config_files=(), overrides=()):
@@ -353,10 +400,11 @@ def predict(run_dir: Path, input_path: str = "-", config_files=(), overrides=())
         yield {"text": text, **out}
 
 
-def export_run(run_dir: Path, out: Path | None, formats: list[str], overwrite: bool = False):
+def export_run(run_dir: Path, out: Path | None, formats: list[str], overwrite: bool = False,
+               config_files=(), overrides=()):
     from tfsft import export
 
-    task, cfg, label_names, model, preprocessor = load_run(run_dir)
+    task, cfg, label_names, model, preprocessor = load_run(run_dir, config_files, overrides)
     out = Path(out) if out else Path(run_dir) / "export"
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise ConfigError(f"{out} exists and is not empty; choose --out or pass --overwrite")

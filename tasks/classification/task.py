@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
+import re
+
 import numpy as np
 
 from tfsft.errors import DataError
@@ -31,6 +33,11 @@ class ClassificationConfig:
             raise ValueError(f"`task.threshold` ({self.threshold}) must be in (0, 1)")
         if len(set(self.labels)) != len(self.labels):
             raise ValueError(f"`task.labels` {list(self.labels)} lists a label twice")
+        if len(self.labels) == 1 and not self.multi_label:
+            raise ValueError(f"`task.labels` {list(self.labels)} has one label; single-label "
+                             "classification needs at least 2")
+        if self.multi_label and not self.label_separator:
+            raise ValueError("`task.label_separator` must not be empty")
 
 
 @dataclass(frozen=True)
@@ -49,7 +56,7 @@ class Examples:
 
 
 def _text(row: dict, key: str, where: str, problems: list[str], fallback: str = "") -> str:
-    if key not in row and fallback and fallback in row:
+    if key not in row and fallback in row:
         key = fallback
     if key not in row:
         problems.append(f"{where}: no field {key!r} (fields: {', '.join(map(str, row))}); "
@@ -66,14 +73,14 @@ def _text(row: dict, key: str, where: str, problems: list[str], fallback: str = 
 
 def _label(cfg: ClassificationConfig, row: dict, where: str, problems: list[str]):
     value = row.get(cfg.label_field)
+    if cfg.multi_label and value is not None:
+        items = value if isinstance(value, list) else str(value).split(cfg.label_separator)
+        return sorted({str(v).strip() for v in items if str(v).strip()})  # may be empty
     if value is None or (isinstance(value, str) and not value.strip()):
         what = "missing" if value is None else "empty"
         problems.append(f"{where}: label field {cfg.label_field!r} is {what}; every training and "
                         "evaluation row needs a label (set `task.label_field` if it has another name)")
         return None
-    if cfg.multi_label:
-        items = value if isinstance(value, list) else str(value).split(cfg.label_separator)
-        return sorted({str(v).strip() for v in items if str(v).strip()})
     if isinstance(value, (list, dict)):
         problems.append(f"{where}: label {value!r} is a {type(value).__name__}; single-label "
                         "classification needs one label (or set `task.multi_label: true`)")
@@ -83,10 +90,14 @@ def _label(cfg: ClassificationConfig, row: dict, where: str, problems: list[str]
 
 def examples(cfg: ClassificationConfig, rows, labelled: bool = True) -> Examples:
     """Map reader rows to texts (+pairs) and labels, collecting every bad row."""
-    texts, pairs, labels, problems = [], [], [], []
+    texts, pairs, labels, problems, wheres = [], [], [], [], []
+    folder = rows.source.rsplit("/", 1)[0] + "/" if "/" in rows.source else ""
     for row, where in zip(rows.fields, rows.where):
-        where = f"{rows.source.rsplit('/', 1)[0]}/{where}" if "/" in rows.source else where
-        texts.append(_text(row, cfg.text_field, where, problems, fallback="text"))
+        where = folder + where if not where.startswith(("tfds:", "<", "/")) else where
+        wheres.append(where)
+        # unlabelled input (predict) may be plain text lines, read as the field `text`
+        texts.append(_text(row, cfg.text_field, where, problems,
+                           fallback="" if labelled else "text"))
         if cfg.text_pair_field:
             pairs.append(_text(row, cfg.text_pair_field, where, problems))
         if labelled:
@@ -94,7 +105,7 @@ def examples(cfg: ClassificationConfig, rows, labelled: bool = True) -> Examples
     if problems:
         raise DataError(problems)
     return Examples(texts, pairs if cfg.text_pair_field else None,
-                    labels if labelled else None, list(rows.where))
+                    labels if labelled else None, wheres)
 
 
 def make_label_map(cfg: ClassificationConfig, train: Examples) -> list[str]:
@@ -106,14 +117,20 @@ def make_label_map(cfg: ClassificationConfig, train: Examples) -> list[str]:
     if len(seen) < 2 and not cfg.multi_label:
         raise DataError(f"training data has {len(seen)} distinct label(s) {sorted(seen)}; "
                         "classification needs at least 2")
-    return sorted(seen, key=lambda s: (not s.lstrip("-").isdigit(), int(s) if s.lstrip(
-        "-").isdigit() else 0, s))
+    def order(s: str):  # numeric labels in numeric order ("2" before "10"), then text
+        numeric = re.fullmatch(r"-?[0-9]+", s) is not None
+        return (not numeric, int(s) if numeric else 0, s)
+
+    return sorted(seen, key=order)
 
 
 def encode_inputs(cfg: ClassificationConfig, preprocessor, ex: Examples):
     from tfsft import pipeline
 
-    if ex.pairs is not None and not hasattr(preprocessor, "packer"):
+    import keras_hub
+
+    takes_pairs = isinstance(preprocessor, keras_hub.models.TextClassifierPreprocessor)
+    if ex.pairs is not None and not takes_pairs:
         raise DataError("`task.text_pair_field` is set, but this backbone's preprocessor takes "
                         "one text per example (GPT-2); join the texts into one field")
     return pipeline.encode(preprocessor, ex.texts, ex.pairs)
@@ -165,9 +182,9 @@ def loss(cfg: ClassificationConfig, label_smoothing: float):
     if cfg.multi_label:
         return keras.losses.BinaryCrossentropy(from_logits=True, label_smoothing=label_smoothing)
     if label_smoothing:
-        from . import heads
+        from tfsft.layers import SparseSmoothedCrossentropy
 
-        return heads.SparseSmoothedCrossentropy(label_smoothing)
+        return SparseSmoothedCrossentropy(label_smoothing)
     return keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 
 
@@ -175,7 +192,9 @@ def metrics(cfg: ClassificationConfig) -> list:
     import keras
 
     if cfg.multi_label:
-        return [keras.metrics.BinaryAccuracy(name="accuracy", threshold=0.0)]
+        # per-label accuracy on logits: threshold p on probabilities is logit(p)
+        logit = float(np.log(cfg.threshold / (1 - cfg.threshold)))
+        return [keras.metrics.BinaryAccuracy(name="accuracy", threshold=logit)]
     return [keras.metrics.SparseCategoricalAccuracy(name="accuracy")]
 
 
