@@ -128,16 +128,20 @@ def test_fit_evaluate_predict_export(family, request, tmp_path, toy_data):
     assert (out / "model" / "head.npz").exists()
 
 
-def test_export_reloads_with_keras_and_keras_hub(tiny_bert, tmp_path, toy_data):
+@pytest.mark.parametrize("family", ["tiny_bert", "tiny_gpt2"])
+def test_export_reloads_and_agrees(family, request, tmp_path, toy_data):
+    """The exported .keras file (and, for BERT, the KerasHub task preset) reloads in this
+    process and predicts what the run's model predicts."""
     import keras
     import keras_hub
     import numpy as np
 
-    out = tmp_path / "run"
-    assert _fit_tiny(tiny_bert, toy_data, out).returncode == 0
-    assert run_cli("export", out, "--out", tmp_path / "exp").returncode == 0
+    import tfsft.layers  # noqa: F401  (registers the tfsft head layers)
     from tfsft import pipeline, workflow
 
+    out = tmp_path / "run"
+    assert _fit_tiny(request.getfixturevalue(family), toy_data, out).returncode == 0
+    assert run_cli("export", out, "--out", tmp_path / "exp").returncode == 0
     task, cfg, labels, model, pre = workflow.load_run(out)
     ex = task.examples(cfg.task, workflow.read_predict_input(str(toy_data[1])), True)
     enc = task.encode_inputs(cfg.task, pre, ex)
@@ -145,16 +149,13 @@ def test_export_reloads_with_keras_and_keras_hub(tiny_bert, tmp_path, toy_data):
     reloaded = keras.saving.load_model(tmp_path / "exp" / "model.keras")
     got = np.asarray(reloaded.predict(pipeline.eval_dataset(enc, None, 64), verbose=0))
     np.testing.assert_allclose(got, ref, atol=1e-5)
-    clf = keras_hub.models.TextClassifier.from_preset(str(tmp_path / "exp" / "preset"))
-    raw = clf.predict(ex.texts, verbose=0)
-    assert (np.argmax(raw, 1) == np.argmax(ref, 1)).mean() >= 0.95
-
-
-def test_overrides_may_follow_options_and_unknown_flags_fail():
-    r = run_cli("fit", "tasks/sentiment", "--config", "configs/sst2.yaml", "train.learning_rat=1")
-    assert r.returncode == 2 and "did you mean 'learning_rate'" in r.stderr
-    r = run_cli("fit", "tasks/sentiment", "--bogus")
-    assert r.returncode == 2 and "unrecognized arguments: --bogus" in r.stderr
+    if family == "tiny_bert":
+        clf = keras_hub.models.TextClassifier.from_preset(str(tmp_path / "exp" / "preset"))
+        raw = np.asarray(clf.predict(ex.texts, verbose=0))
+        # the preset pads to its own fixed length; BERT's attention mask makes that exact
+        np.testing.assert_allclose(raw, ref, atol=1e-4)
+    else:
+        assert (tmp_path / "exp" / "preset" / "head.npz").exists()
 
 
 def test_lora_and_freezing_runs_evaluate_after_reload(tiny_bert, tmp_path, toy_data):
@@ -217,25 +218,6 @@ def test_evaluate_recarves_validation_and_refuses_model_changes(tiny_bert, tmp_p
     assert again["confusion_matrix"] == fitted["confusion_matrix"]
     r = run_cli("evaluate", out, "task.pooling=mean")
     assert r.returncode == 2 and "task.pooling cannot change after training" in r.stderr
-
-
-def test_gpt2_export_reloads_from_keras_file(tiny_gpt2, tmp_path, toy_data):
-    import keras
-    import numpy as np
-
-    import tfsft.layers  # noqa: F401  (registers the tfsft head layers)
-
-    out = tmp_path / "run"
-    assert _fit_tiny(tiny_gpt2, toy_data, out).returncode == 0
-    assert run_cli("export", out, "--out", tmp_path / "exp").returncode == 0
-    from tfsft import pipeline, workflow
-
-    task, cfg, labels, model, pre = workflow.load_run(out)
-    ex = task.examples(cfg.task, workflow.read_predict_input(str(toy_data[1])), True)
-    enc = task.encode_inputs(cfg.task, pre, ex)
-    reloaded = keras.saving.load_model(tmp_path / "exp" / "model.keras")
-    got = np.asarray(reloaded.predict(pipeline.eval_dataset(enc, None, 64), verbose=0))
-    np.testing.assert_allclose(got, workflow.predict_logits(model, enc, 64), atol=1e-5)
 
 
 def test_text_pairs_on_gpt2_are_refused(tiny_gpt2, tmp_path):
