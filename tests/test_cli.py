@@ -228,3 +228,10 @@ def test_text_pairs_on_gpt2_are_refused(tiny_gpt2, tmp_path):
                 f"model.backbone={tiny_gpt2}", "task.text_field=a", "task.text_pair_field=b",
                 "data.max_length=32")
     assert r.returncode == 2 and "one text per example (GPT-2)" in r.stderr
+
+
+def test_validate_checks_model_settings_too(tiny_gpt2, toy_data):
+    train, dev = toy_data
+    r = run_cli("validate", "tasks/sentiment", f"data.train={train}", f"data.validation={dev}",
+                f"model.backbone={tiny_gpt2}", "data.max_length=32", "task.pooling=cls")
+    assert r.returncode == 2 and "'cls' needs a backbone" in r.stderr

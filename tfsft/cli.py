@@ -152,11 +152,8 @@ def cmd_validate(args) -> int:
 
     task, folder, cfg = workflow.load_task_and_config(args.task, args.config, args.overrides)
     splits = workflow.read_splits(task, cfg)
-    from tfsft import backbones
-
-    backbone, preprocessor = backbones.load(cfg.model.backbone, cfg.data.max_length)
-    workflow.check_backbone_fits(cfg, backbone)
-    encoded = workflow.encode_splits(task, cfg, splits, preprocessor)
+    prepared = workflow.prepare(task, cfg, splits)  # backbone and model build, as in fit
+    encoded = workflow.encode_splits(task, cfg, splits, prepared.preprocessor)
     summary = workflow.summarise(cfg, splits, encoded)
     workflow.print_summary(summary)
     print(json.dumps(summary, indent=2))
