@@ -33,9 +33,6 @@ class Rows:
     def __len__(self) -> int:
         return len(self.fields)
 
-    def take(self, idx) -> "Rows":
-        return Rows(self.source, [self.fields[i] for i in idx], [self.where[i] for i in idx])
-
 
 def detect_format(source: str, fmt: str) -> str:
     if source.startswith("tfds:"):
