@@ -55,7 +55,7 @@ def read_rows(source: str, fmt: str = "auto", quoting: str = "none", split: str 
         return read_tfds(source, split, tfds_dir, tfds_download)
     lines = read_lines(Path(source))
     if fmt == "jsonl":
-        return _parse_jsonl(source, lines)
+        return parse_jsonl(source, lines)
     if fmt == "csv":
         return _parse_delimited(source, lines, ",", csv.QUOTE_MINIMAL)
     return _parse_delimited(source, lines, "\t",
@@ -132,7 +132,7 @@ def _parse_delimited(source: str, lines: list[str], delimiter: str, quoting: int
     return Rows(source, fields, where)
 
 
-def _parse_jsonl(source: str, lines: list[str]) -> Rows:
+def parse_jsonl(source: str, lines: list[str]) -> Rows:
     name = Path(source).name
     fields, where, problems = [], [], []
     for number, line in enumerate(lines, start=1):

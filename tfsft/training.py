@@ -139,7 +139,9 @@ class Plan:
 
 def plan(rows: int, batch_size: int, epochs: int, max_steps: int, grad_accum_steps: int) -> Plan:
     """`max_steps` counts optimizer updates (each `grad_accum_steps` batches)."""
-    per_epoch = -(-rows // batch_size)
+    from tfsft.pipeline import steps_per_epoch
+
+    per_epoch = steps_per_epoch(rows, batch_size)
     total = per_epoch * epochs if epochs else 0
     if max_steps:
         cap = max_steps * grad_accum_steps

@@ -31,6 +31,7 @@ class Splits:
     test: object | None
     label_names: list[str]
     carved: bool  # validation carved from train
+    targets: dict  # split name -> encoded targets, checked against the label map
 
 
 def load_task_and_config(task_spec: str, config_files=(), overrides=()):
@@ -74,15 +75,16 @@ def read_splits(task, cfg) -> Splits:
             raise DataError(f"{d.train} has {len(train)} rows: too few to carve a validation "
                             f"split of {d.validation_fraction}; set `data.validation`")
         train, validation, carved = train.take(keep), train.take(held), True
+    targets = {}
     for split, ex in [("train", train), ("validation", validation), ("test", parts.get("test"))]:
         if ex is not None:
             try:
-                task.encode_targets(cfg.task, label_names, ex)
+                targets[split] = task.encode_targets(cfg.task, label_names, ex)
             except DataError as e:
                 problems.extend(e.problems)
     if problems:
         raise DataError(problems)
-    return Splits(train, validation, parts.get("test"), label_names, carved)
+    return Splits(train, validation, parts.get("test"), label_names, carved, targets)
 
 
 def label_distribution(cfg, ex) -> dict:
@@ -240,15 +242,15 @@ def _fit_in_run(task, cfg, splits: Splits, prepared: Prepared, run_dir: Path, ve
     summary = summarise(cfg, splits, encoded)
     runs.write_json(run_dir / "data_summary.json", summary)
     print_summary(summary)
-    targets = task.encode_targets(cfg.task, splits.label_names, splits.train)
+    targets = splits.targets["train"]
     weights = None
     if t.class_weights == "balanced":
         weights = task.class_weights(cfg.task, targets, len(splits.label_names))
     batch = t.global_batch_size // t.grad_accum_steps
     train_ds = pipeline.train_dataset(encoded["train"], targets, weights, batch, t.seed,
                                       cfg.data.bucket_by_length)
-    val_targets = task.encode_targets(cfg.task, splits.label_names, splits.validation)
-    val_ds = pipeline.eval_dataset(encoded["validation"], val_targets, t.eval_batch_size)
+    val_ds = pipeline.eval_dataset(encoded["validation"], splits.targets["validation"],
+                                   t.eval_batch_size)
     plan = training.plan(len(splits.train), batch, t.epochs, t.max_steps, t.grad_accum_steps)
     compile_model(task, cfg, model, plan.total_batches, prepared.strategy)
     trainable = sum(int(np.prod(w.shape)) for w in model.trainable_weights)
@@ -282,10 +284,8 @@ def predict_logits(model, enc, batch_size: int) -> np.ndarray:
 def evaluate_split(task, cfg, model, splits: Splits, split: str, enc, run_dir: Path) -> dict:
     from tfsft import metrics as metrics_lib
 
-    ex = getattr(splits, split)
-    targets = task.encode_targets(cfg.task, splits.label_names, ex)
     logits = predict_logits(model, enc, cfg.train.eval_batch_size)
-    rep = task.report(cfg.task, splits.label_names, targets, logits)
+    rep = task.report(cfg.task, splits.label_names, splits.targets[split], logits)
     (run_dir / "reports").mkdir(exist_ok=True)
     metrics_lib.plot_confusion_matrix(rep, str(run_dir / "reports" / f"confusion_{split}.png"),
                                       title=f"{task.name}: {split}")
@@ -373,21 +373,14 @@ def read_predict_input(stream_or_path: str) -> data_lib.Rows:
         if path.suffix.lower() in (".tsv", ".csv", ".jsonl"):
             return data_lib.read_rows(str(path))
         source, lines = str(path), data_lib.read_lines(path)
-    name = Path(source).name if source != "<stdin>" else source
     numbered = [(i, ln) for i, ln in enumerate(lines, 1) if ln.strip()]
     if not numbered:
         raise DataError(f"{source}: no input text")
-    fields = []
-    as_json = numbered[0][1].lstrip().startswith("{")
-    for i, line in numbered:
-        if not as_json:
-            fields.append({"text": line})
-            continue
-        try:
-            fields.append(json.loads(line))
-        except json.JSONDecodeError as e:
-            raise DataError(f"{source}:{i}: not valid JSON ({e.msg})") from None
-    return data_lib.Rows(source, fields, [f"{name}:{i}" for i, _ in numbered])
+    if numbered[0][1].lstrip().startswith("{"):
+        return data_lib.parse_jsonl(source, lines)
+    name = Path(source).name if source != "<stdin>" else source
+    return data_lib.Rows(source, [{"text": ln} for _, ln in numbered],
+                         [f"{name}:{i}" for i, _ in numbered])
 
 
 def predict(run_dir: Path, input_path: str = "-", config_files=(), overrides=()):
