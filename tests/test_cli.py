@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -235,3 +236,98 @@ def test_validate_checks_model_settings_too(tiny_gpt2, toy_data):
     r = run_cli("validate", "tasks/sentiment", f"data.train={train}", f"data.validation={dev}",
                 f"model.backbone={tiny_gpt2}", "data.max_length=32", "task.pooling=cls")
     assert r.returncode == 2 and "'cls' needs a backbone" in r.stderr
+
+
+# --------------------------------------------------------------------------- reliability
+
+
+def test_diverging_loss_stops_with_exit_3_naming_the_step(tiny_bert, tmp_path, toy_data):
+    out = tmp_path / "run"
+    r = _fit_tiny(tiny_bert, toy_data, out, "train.learning_rate=1e30", "train.warmup_ratio=0",
+                  "train.clip_norm=0")
+    assert r.returncode == 3, r.stderr[-3000:]
+    assert "training diverged: the loss became nan at optimizer step" in r.stderr
+    assert "Try a lower `train.learning_rate` (now 1e+30)" in r.stderr
+    assert "Traceback" not in r.stderr
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["status"] == "failed" and "diverged" in manifest["error"]
+    assert not (out / "model").exists()  # no model made of NaNs
+
+
+def test_concurrent_fit_is_refused_and_sigterm_marks_the_run_interrupted(tiny_bert, tmp_path,
+                                                                         toy_data):
+    from tfsft import runs
+
+    train, dev = toy_data
+    out = tmp_path / "run"
+    first = subprocess.Popen(
+        [sys.executable, "-m", "tfsft", "fit", "tasks/sentiment", f"model.backbone={tiny_bert}",
+         f"data.train={train}", f"data.validation={dev}", "data.max_length=16",
+         "train.epochs=100000", "train.global_batch_size=8", "--output", str(out), "--quiet"],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+    try:
+        deadline = time.time() + 300
+        while not (out / "history.jsonl").exists():  # training, past its first epoch
+            assert first.poll() is None and time.time() < deadline, first.communicate()[1][-3000:]
+            time.sleep(0.5)
+        assert runs.lock_holder(out).startswith(f"pid {first.pid} ")
+        for extra in ([], ["--overwrite"]):
+            second = _fit_tiny(tiny_bert, toy_data, out, *extra)
+            assert second.returncode == 2, second.stderr[-3000:]
+            assert f"is in use by another tfsft process (pid {first.pid} " in second.stderr
+        first.send_signal(signal.SIGTERM)
+        _, err = first.communicate(timeout=120)
+    finally:
+        first.kill()
+    assert first.returncode == 130, err[-3000:]
+    assert "terminated (SIGTERM)" in err
+    assert json.loads((out / "manifest.json").read_text())["status"] == "interrupted"
+    assert runs.lock_holder(out) == ""
+
+
+def test_failed_overwrite_keeps_the_previous_run(tiny_bert, tmp_path, toy_data):
+    out = tmp_path / "run"
+    assert _fit_tiny(tiny_bert, toy_data, out, "train.epochs=1").returncode == 0
+    before = (out / "model" / "head.npz").read_bytes()
+    r = _fit_tiny(tiny_bert, toy_data, out, "--overwrite", "train.learning_rate=1e30",
+                  "train.warmup_ratio=0", "train.clip_norm=0")
+    assert r.returncode == 3, r.stderr[-3000:]
+    assert (out / "model" / "head.npz").read_bytes() == before  # untouched
+    assert json.loads((out / "manifest.json").read_text())["status"] == "finished"
+    assert json.loads((tmp_path / "run.new" / "manifest.json").read_text())["status"] == "failed"
+
+
+def test_internal_errors_exit_1_with_traceback(monkeypatch, capsys):
+    from tfsft import workflow
+
+    def broken(*args, **kwargs):
+        raise ZeroDivisionError("a bug")
+
+    monkeypatch.setattr(workflow, "load_task_and_config", broken)
+    assert cli.main(["validate", "tasks/sentiment"]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" in err and "ZeroDivisionError: a bug" in err
+    assert "internal error (a bug in tfsft" in err
+
+
+def test_out_of_memory_is_reported_with_a_smaller_batch_suggestion(tiny_bert, tmp_path,
+                                                                   toy_data, monkeypatch):
+    import keras
+    import tensorflow as tf
+
+    from tfsft import errors, workflow
+
+    def oom_fit(self, *args, **kwargs):
+        raise tf.errors.ResourceExhaustedError(None, None, "OOM when allocating tensor")
+
+    monkeypatch.setattr(keras.Model, "fit", oom_fit)
+    train, dev = toy_data
+    with pytest.raises(errors.TrainingError) as e:
+        workflow.fit("tasks/sentiment", [],
+                     [f"model.backbone={tiny_bert}", f"data.train={train}",
+                      f"data.validation={dev}", "data.max_length=16",
+                      "train.global_batch_size=8"], output=str(tmp_path / "run"), verbose=0)
+    assert e.value.exit_code == 3
+    assert "out of memory at optimizer step 0 with batches of 8" in str(e.value)
+    assert "train.global_batch_size=4 train.grad_accum_steps=2" in str(e.value)

@@ -63,7 +63,7 @@ def test_override_syntax_errors():
         c.parse_override("epochs=3")
     # YAML 1.1 reads 3e-5 (no dot) as text: float fields still accept it
     assert c.parse_override("train.learning_rate=3e-5") == ("train.learning_rate", "3e-5")
-    assert c.coerce("3e-5", float) == (True, 3e-5, "a number")
+    assert c.coerce("3e-5", float) == (True, 3e-5, "a finite number")
     assert c.coerce("7", int)[0] is False  # a quoted number is not silently an int
     assert c.parse_override("data.train=a=b.tsv") == ("data.train", "a=b.tsv")
 
@@ -118,3 +118,88 @@ def test_readme_config_reference_is_current(cls_task):
     assert tool["START"] + "\n" + tool["render"]() + "\n" + tool["END"] in readme
     for key, *_ in c.reference({"task": cls_task.config_class, **c.SECTIONS}):
         assert f"`{key}`" in readme, f"README config reference lacks `{key}`"
+
+
+# --------------------------------------------------------------------------- robustness
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_SCALARS = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=True),
+                     st.text(max_size=12), st.sampled_from(["1e-5", "-1", "nan", "tfds:x", ""]))
+_VALUES = st.recursive(_SCALARS, lambda inner: st.one_of(
+    st.lists(inner, max_size=4), st.dictionaries(st.text(max_size=8), inner, max_size=4)),
+    max_leaves=12)
+_KEYS = st.one_of(st.sampled_from([f.name for cls in c.SECTIONS.values()
+                                   for f in dataclasses.fields(cls)]
+                                  + ["labels", "text_field", "threshold", "pooling"]),
+                  st.text(max_size=8), st.integers())
+_SECTIONS = st.one_of(st.sampled_from(["data", "model", "train", "task"]), st.text(max_size=6),
+                      st.integers(), st.none())
+_DOCS = st.one_of(_VALUES, st.dictionaries(_SECTIONS, st.one_of(
+    _VALUES, st.dictionaries(_KEYS, _VALUES, max_size=5)), max_size=4))
+
+
+@settings(max_examples=300, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(doc=_DOCS)
+def test_fuzzed_yaml_gives_config_errors_not_crashes(tmp_path, cls_task, doc):
+    """Any YAML document either loads into a valid config or raises ConfigError."""
+    import yaml
+
+    path = tmp_path / "fuzz.yaml"
+    path.write_text(yaml.safe_dump(doc), encoding="utf-8")
+    try:
+        cfg = c.load_config(cls_task.config_class, None, [str(path)], ["data.train=x.tsv"],
+                            cwd=tmp_path)
+    except ConfigError as e:
+        assert e.problems and all(isinstance(p, str) and p for p in e.problems)
+    else:
+        assert isinstance(cfg, c.RunConfig)
+
+
+@settings(max_examples=200, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(key=st.sampled_from(["train.epochs", "train.learning_rate", "data.train", "task.labels",
+                            "model.backbone", "task.threshold", "train.keep_best"]),
+       raw=st.text(max_size=30))
+def test_fuzzed_overrides_give_config_errors_not_crashes(cls_task, tmp_path, key, raw):
+    try:
+        c.load_config(cls_task.config_class, None, [], ["data.train=x.tsv", f"{key}={raw}"],
+                      cwd=tmp_path)
+    except ConfigError as e:
+        assert e.problems
+
+
+@pytest.mark.parametrize("text, fragment", [
+    ("train: {epochs: 99999999999999999999999}", "at most"),
+    ("train: {learning_rate: .inf}", "finite number"),
+    ("train: {learning_rate: .nan}", "finite number"),
+    ("train: {learning_rate: 1e999}", "finite number"),
+    ("train: {epochs: null}", "must be an integer"),
+    ("train: {epochs: [1, 2]}", "must be an integer"),
+    ("train: {seed: 3.5}", "must be an integer"),
+    ("task: {labels: [[a], b]}", "a list of str"),
+    ("task: {labels: {a: 1}}", "a list of str"),
+    ("7: {epochs: 1}", "unknown section 7"),
+    ("train: {3: 1}", "unknown key `train.3`"),
+    ("train: " + "[" * 5000 + "]" * 5000, "nested too deeply"),
+    ("a: &a [x, x, x, x, x, x, x, x, x]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a]\n"
+     "c: &c [*b, *b, *b, *b, *b, *b, *b, *b, *b]\ntask: {labels: *c}", "a list of str"),
+    ("train: !!python/object/apply:os.system ['echo pwned']", "not valid YAML"),
+    ("[1, 2", "not valid YAML"),
+    ("- just\n- a list", "must hold a mapping"),
+    ("data: {validation: \"bad\\0path.tsv\"}", "NUL character"),
+])
+def test_hostile_yaml_is_a_config_error(tmp_path, cls_task, text, fragment):
+    path = tmp_path / "hostile.yaml"
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(ConfigError, match=fragment):
+        c.load_config(cls_task.config_class, None, [str(path)], ["data.train=x.tsv"],
+                      cwd=tmp_path)
+
+
+def test_numeric_label_names_are_accepted_as_text(cls_task, tmp_path):
+    cfg = c.load_config(cls_task.config_class, None, [], ["data.train=x.tsv", "task.labels=[0, 1]"],
+                        cwd=tmp_path)
+    assert cfg.task.labels == ("0", "1")

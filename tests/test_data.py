@@ -62,14 +62,14 @@ def test_bom_and_crlf_are_tolerated(tmp_path):
 def test_unreadable_inputs_are_clear(tmp_path, case):
     path = tmp_path / "x.tsv"
     match = {"missing": "file not found", "directory": "is a directory", "empty": "is empty",
-             "gzip": "gzip-compressed", "suffix": "cannot tell the format",
+             "gzip": "cannot be decompressed", "suffix": "cannot tell the format",
              "json": "not valid JSON"}[case]
     if case == "directory":
         path.mkdir()
     elif case == "empty":
         write(path, "\n\n")
     elif case == "gzip":
-        write(path, gzip.compress(b"text\tlabel\n"))
+        write(path, gzip.compress(b"text\tlabel\nfine\tpos\n")[:-6])  # truncated
     elif case == "suffix":
         path = write(tmp_path / "x.parquet", "x")
     elif case == "json":
@@ -126,3 +126,115 @@ def test_tfds_missing_without_download_is_a_data_error(tmp_path):
     pytest.importorskip("tensorflow_datasets")
     with pytest.raises(DataError, match="data.tfds_download=true"):
         data.read_rows("tfds:glue/sst2", split="train", tfds_dir=str(tmp_path))
+
+
+# --------------------------------------------------------------------------- property-based
+# Every reader, fed generated files that mix valid rows with bad lines of every kind it
+# must catch, either returns exactly the valid rows (on_error=skip: and one message per bad
+# line) or raises DataError (on_error=raise, when any line is bad) - never anything else.
+
+import csv as _csv  # noqa: E402
+import io as _io  # noqa: E402
+import json as _json  # noqa: E402
+
+from hypothesis import HealthCheck, event, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+LIMIT = 60  # data.max_line_chars in these tests
+_TEXT = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"),
+                min_size=1, max_size=20)
+_BAD = ["utf8", "nul", "long", "columns"]
+
+
+def _row_text(fmt: str, text: str, label: str) -> str | None:
+    """One valid row in `fmt`, or None if this text cannot be a valid row of it."""
+    if fmt == "jsonl":
+        return _json.dumps({"text": text, "label": label}, ensure_ascii=False)
+    if fmt == "tsv":
+        if any(ch in text + label for ch in "\t\n\r"):
+            return None
+        return f"{text}\t{label}"
+    buf = _io.StringIO()
+    _csv.writer(buf, delimiter="," if fmt == "csv" else "\t", lineterminator="\n").writerow(
+        [text, label])
+    line = buf.getvalue()[:-1]
+    if "\r" in line:
+        return None
+    return line
+
+
+def _bad_line(fmt: str, kind: str) -> bytes:
+    if kind == "utf8":
+        return b"caf\xe9 latin-1\t" + (b'"label": 1' if fmt == "jsonl" else b"pos")
+    if kind == "nul":
+        return b"has\x00nul\tpos" if fmt != "jsonl" else b'{"text": "a\x00", "label": "p"}'
+    if kind == "long":
+        return b"x" * (LIMIT + 1)
+    sep = {"csv": b",", "tsv": b"\t", "tsv-csv": b"\t"}.get(fmt)
+    if fmt == "jsonl":
+        return b'{"text": "unclosed'
+    return sep.join([b"one", b"two", b"three"])
+
+
+@st.composite
+def _files(draw, fmt: str):
+    """(bytes, expected rows, number of bad lines)."""
+    entries = draw(st.lists(st.one_of(st.tuples(st.just("ok"), _TEXT, _TEXT),
+                                      st.tuples(st.just("bad"), st.sampled_from(_BAD)),
+                                      st.just(("blank",))), max_size=12))
+    crlf = draw(st.booleans())
+    bom = draw(st.booleans())
+    lines, expected, bad = [], [], 0
+    if fmt != "jsonl":
+        lines.append(b"text" + (b"," if fmt == "csv" else b"\t") + b"label")
+    for entry in entries:
+        if entry[0] == "ok":
+            text = _row_text(fmt, entry[1], entry[2])
+            if text is None or len(text) > LIMIT or any(len(p) > LIMIT for p in text.split("\n")):
+                continue
+            if fmt != "jsonl" and len(entry[1].strip()) == 0 and len(entry[2].strip()) == 0:
+                continue  # all-blank fields may read as a blank line
+            lines.append(text.encode("utf-8"))
+            expected.append({"text": entry[1], "label": entry[2]})
+        elif entry[0] == "bad":
+            lines.append(_bad_line(fmt, entry[1]))
+            bad += 1
+        else:
+            lines.append(b"")
+    end = b"\r\n" if crlf else b"\n"
+    raw = (b"\xef\xbb\xbf" if bom else b"") + end.join(lines) + end
+    return raw, expected, bad
+
+
+def _check_reader(tmp_path, fmt, sample):
+    raw, expected, bad = sample
+    event(f"{fmt}: {'with bad lines' if bad else 'valid'}")  # --hypothesis-show-statistics
+    suffix = {"tsv": ".tsv", "tsv-csv": ".tsv", "csv": ".csv", "jsonl": ".jsonl"}[fmt]
+    path = tmp_path / f"gen{suffix}"
+    path.write_bytes(raw)
+    quoting = "csv" if fmt == "tsv-csv" else "none"
+    has_rows = bool(expected) or bad
+    try:
+        rows = data.read_rows(str(path), quoting=quoting, on_error="skip", max_line_chars=LIMIT)
+    except DataError:
+        assert not expected, "skip mode raised although valid rows exist"
+    else:
+        assert rows.fields == expected
+        assert len(rows.skipped) == bad
+    try:
+        rows = data.read_rows(str(path), quoting=quoting, max_line_chars=LIMIT)
+    except DataError as e:
+        assert bad or not has_rows, f"raised on a valid file: {e}"
+    else:
+        assert not bad and rows.fields == expected
+
+
+@pytest.mark.parametrize("fmt", ["tsv", "tsv-csv", "csv", "jsonl"])
+def test_readers_return_exactly_the_valid_rows_or_raise(tmp_path, fmt):
+    @settings(max_examples=250, deadline=None, derandomize=True,
+              suppress_health_check=[HealthCheck.too_slow])
+    @given(sample=_files(fmt))
+    def run(sample):
+        _check_reader(tmp_path, fmt, sample)
+
+    run()

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 import traceback
 
@@ -124,6 +125,7 @@ def main(argv: list[str] | None = None) -> int:
         top.error(f"{args.command} takes no overrides: {' '.join(extra)}")
     if hasattr(args, "overrides"):
         args.overrides = list(args.overrides) + extra
+    previous = signal.signal(signal.SIGTERM, _terminated)
     try:
         return COMMANDS[args.command](args) or 0
     except UserError as e:
@@ -131,9 +133,27 @@ def main(argv: list[str] | None = None) -> int:
             traceback.print_exc()
         print(f"tfsft {args.command}: error: {e}", file=sys.stderr)
         return e.exit_code
-    except KeyboardInterrupt:
-        print("tfsft: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as e:
+        print(f"tfsft: {'terminated (SIGTERM)' if isinstance(e, Terminated) else 'interrupted'}",
+              file=sys.stderr)
         return 130
+    except Exception:  # a bug: show everything needed to report it
+        traceback.print_exc()
+        print(f"tfsft {args.command}: internal error (a bug in tfsft or a library it uses). "
+              "Please report it with the traceback above and the command you ran.",
+              file=sys.stderr)
+        return 1
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a scheduler or a preempted VM stopping us): unwound like Ctrl-C, so the run's
+    manifest is marked `interrupted` and its lock released."""
+
+
+def _terminated(signum, frame):
+    raise Terminated()
 
 
 def cmd_fit(args) -> int:

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import os
 import re
+import reprlib
 import types
 import typing
 from dataclasses import dataclass, field
@@ -23,6 +25,7 @@ import yaml
 
 from tfsft.errors import ConfigError
 
+MAX_INT = 2**31 - 1  # TensorFlow counts steps, sizes and seeds in 32 bits
 _FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
 PATH = {"path": True}  # field metadata: value is a file path (or a `tfds:` source)
 MAYBE_PATH = {"maybe_path": True}  # a path if it looks like one, else a preset name
@@ -43,6 +46,9 @@ class DataConfig:
     bucket_by_length: bool = True  # group similar lengths into batches (less padding)
     tfds_dir: str = field(default="", metadata=PATH)  # TFDS data_dir (empty: TFDS default)
     tfds_download: bool = False  # allow TFDS to download (needs network)
+    on_error: Literal["raise", "skip"] = "raise"  # bad rows: stop with all errors, or skip them
+    max_skipped: float = 0.1  # on_error=skip: still stop if more than this share of a split is bad
+    max_line_chars: int = 1_000_000  # longer lines are bad rows (catches a missing line end)
 
 
 @dataclass(frozen=True)
@@ -107,6 +113,8 @@ def read_yaml(path: Path) -> dict:
         data = yaml.safe_load(text)
     except yaml.YAMLError as e:
         raise ConfigError(f"{path} is not valid YAML: {e}") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: YAML nested too deeply to be a tfsft config") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -124,7 +132,7 @@ def parse_override(text: str) -> tuple[str, Any]:
         )
     try:
         value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError:
+    except (yaml.YAMLError, RecursionError):
         value = raw
     return key.strip(), value
 
@@ -138,8 +146,8 @@ def _resolve_paths(raw: dict, cls: type, base: Path) -> dict:
     out = dict(raw)
     for f in dataclasses.fields(cls):
         value = out.get(f.name)
-        if not isinstance(value, str) or not value or value.startswith("tfds:"):
-            continue
+        if not isinstance(value, str) or not value or value.startswith("tfds:") or "\x00" in value:
+            continue  # (a NUL byte is reported by cross_check)
         if f.metadata.get("path") or (f.metadata.get("maybe_path") and _is_pathlike(value)):
             p = Path(os.path.expanduser(value))
             out[f.name] = str(p if p.is_absolute() else (base / p).resolve())
@@ -151,13 +159,15 @@ def _merge_layer(merged: dict, layer: dict, origin: str, base: Path, classes: di
     """Merge one layer of `{section: {key: value}}` into `merged`, resolving its paths."""
     for section, values in layer.items():
         if section not in classes:
-            errors.append(f"{origin}: unknown section {section!r}{_suggest(section, classes)}")
+            hint = _suggest(str(section), classes)
+            errors.append(f"{origin}: unknown section {show(section)}{hint}; sections are "
+                          f"{', '.join(classes)}")
             continue
         if values is None:  # a section whose keys are all commented out
             continue
         if not isinstance(values, dict):
             errors.append(f"{origin}: section {section!r} must be a mapping, "
-                          f"got {type(values).__name__} {values!r}")
+                          f"got {type(values).__name__} {show(values)}")
             continue
         merged.setdefault(section, {}).update(_resolve_paths(values, classes[section], base))
 
@@ -204,11 +214,18 @@ def cross_check(data: DataConfig, train: TrainConfig, model: ModelConfig) -> lis
     errors = []
     if not data.train:
         errors.append("`data.train` is empty: set it to a TSV/CSV/JSONL file or tfds:name")
+    for name, value in [("data.train", data.train), ("data.validation", data.validation),
+                        ("data.test", data.test), ("data.tfds_dir", data.tfds_dir),
+                        ("model.backbone", model.backbone)]:
+        if "\x00" in value:
+            errors.append(f"`{name}` ({value!r}) contains a NUL character; fix the path")
     if train.epochs < 1 and train.max_steps < 1:
         errors.append(f"`train.epochs` ({train.epochs}) and `train.max_steps` "
                       f"({train.max_steps}) leave nothing to train: set one of them >= 1")
     if not 0.0 <= train.warmup_ratio < 1.0:
         errors.append(f"`train.warmup_ratio` ({train.warmup_ratio}) must be in [0, 1)")
+    if not 0.0 <= data.max_skipped < 1.0:
+        errors.append(f"`data.max_skipped` ({data.max_skipped}) must be in [0, 1)")
     if not 0.0 < data.validation_fraction < 1.0:
         errors.append(f"`data.validation_fraction` ({data.validation_fraction}) must be in (0, 1)")
     if not 0.0 <= model.dropout < 1.0:
@@ -219,6 +236,7 @@ def cross_check(data: DataConfig, train: TrainConfig, model: ModelConfig) -> lis
                              ("train.grad_accum_steps", train.grad_accum_steps, 1),
                              ("train.eval_batch_size", train.eval_batch_size, 1),
                              ("data.max_length", data.max_length, 8),
+                             ("data.max_line_chars", data.max_line_chars, 1),
                              ("train.learning_rate", train.learning_rate, 1e-12)]:
         if value < low:
             errors.append(f"`{name}` ({value}) must be >= {low}")
@@ -247,6 +265,15 @@ def cross_check(data: DataConfig, train: TrainConfig, model: ModelConfig) -> lis
 # --------------------------------------------------------------------------- validation
 
 
+_SHORT = reprlib.Repr()
+_SHORT.maxlevel, _SHORT.maxlist, _SHORT.maxdict, _SHORT.maxstring = 3, 6, 6, 80
+
+
+def show(value: Any) -> str:
+    """A bounded repr for messages: YAML aliases can make a small file a huge structure."""
+    return _SHORT.repr(value)
+
+
 def _suggest(name: str, choices) -> str:
     close = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.5)
     return f" (did you mean {close[0]!r}?)" if close else ""
@@ -259,14 +286,15 @@ def build_dataclass(cls: type, raw: dict, prefix: str, errors: list[str]):
     kwargs = {}
     for key, value in raw.items():
         if key not in names:
-            errors.append(f"unknown key `{prefix}.{key}`{_suggest(key, names)}; valid keys in "
-                          f"`{prefix}`: {', '.join(sorted(names))}")
+            name = key if isinstance(key, str) and len(key) <= 80 else show(key)
+            errors.append(f"unknown key `{prefix}.{name}`{_suggest(str(key), names)}; valid "
+                          f"keys in `{prefix}`: {', '.join(sorted(names))}")
             continue
         ok, converted, expected = coerce(value, hints[key])
         if ok:
             kwargs[key] = converted
         else:
-            errors.append(f"`{prefix}.{key}` must be {expected}, got {value!r}")
+            errors.append(f"`{prefix}.{key}` must be {expected}, got {show(value)}")
     try:
         return cls(**kwargs)
     except (TypeError, ValueError) as e:  # a task's own __post_init__ check
@@ -302,6 +330,8 @@ def coerce(value: Any, hint: Any) -> tuple[bool, Any, str]:
             return False, value, f"a list of {_name(item)}"
         out = []
         for v in value:
+            if item is str and isinstance(v, int) and not isinstance(v, bool):
+                v = str(v)  # numeric label names: labels: [0, 1]
             ok, c, _ = coerce(v, item)
             if not ok:
                 return False, value, f"a list of {_name(item)}"
@@ -311,12 +341,20 @@ def coerce(value: Any, hint: Any) -> tuple[bool, Any, str]:
         return isinstance(value, bool), value, "true or false"
     if hint is int:
         ok = isinstance(value, int) and not isinstance(value, bool)
+        if ok and abs(value) > MAX_INT:
+            return False, value, f"an integer of at most {MAX_INT} in size"
         return ok, value, "an integer"
     if hint is float:
         if isinstance(value, str) and _FLOAT.fullmatch(value.strip()):
             value = float(value)  # YAML 1.1 reads 3e-5 (no dot) as a string
         ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-        return ok, float(value) if ok else value, "a number"
+        if ok:
+            try:
+                value = float(value)
+            except OverflowError:  # an integer too big for a float
+                ok = False
+        ok = ok and math.isfinite(value)
+        return ok, value, "a finite number"
     if hint is str:
         return isinstance(value, str), value, "a string"
     return isinstance(value, hint), value, _name(hint)

@@ -9,9 +9,11 @@ inputs and check the values. No TensorFlow import here unless a `tfds:` source i
 from __future__ import annotations
 
 import csv
+import gzip
 import hashlib
 import io
 import json
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,18 +22,29 @@ import numpy as np
 from tfsft.errors import DataError
 
 MAX_FIELD_CHARS = 10_000_000  # csv's default limit (131,072) rejects long documents
+MAX_LINE_CHARS = 1_000_000  # default `data.max_line_chars`
+ON_ERROR = ("raise", "skip")
 
 
 @dataclass(frozen=True)
 class Rows:
-    """Rows of one split: `fields[i]` came from `where[i]` ("train.tsv:17")."""
+    """Rows of one split: `fields[i]` came from `where[i]` ("train.tsv:17"). `skipped`: one
+    message per row dropped under `data.on_error: skip` (empty when raising)."""
 
     source: str
     fields: list[dict]
     where: list[str]
+    skipped: tuple[str, ...] = ()
 
     def __len__(self) -> int:
         return len(self.fields)
+
+    def drop(self, idx, reasons) -> "Rows":
+        """These rows without the rows at `idx`, whose `reasons` join `skipped`."""
+        bad = set(idx)
+        keep = [i for i in range(len(self.fields)) if i not in bad]
+        return Rows(self.source, [self.fields[i] for i in keep], [self.where[i] for i in keep],
+                    self.skipped + tuple(reasons))
 
 
 def detect_format(source: str, fmt: str) -> str:
@@ -39,86 +52,139 @@ def detect_format(source: str, fmt: str) -> str:
         return "tfds"
     if fmt != "auto":
         return fmt
-    suffix = Path(source).suffix.lower()
+    path = Path(source)
+    suffix = path.suffix.lower()
+    if suffix == ".gz":
+        suffix = Path(path.stem).suffix.lower()
     known = {".tsv": "tsv", ".csv": "csv", ".jsonl": "jsonl", ".json": "jsonl", ".txt": "tsv"}
     if suffix not in known:
         raise DataError(f"{source}: cannot tell the format from the suffix {suffix!r}; "
-                        "use .tsv, .csv or .jsonl, or set `data.format`")
+                        "use .tsv, .csv or .jsonl (optionally .gz), or set `data.format`")
     return known[suffix]
 
 
 def read_rows(source: str, fmt: str = "auto", quoting: str = "none", split: str = "train",
-              tfds_dir: str = "", tfds_download: bool = False) -> Rows:
-    """Read one split from a file or a `tfds:name[:split]` source."""
+              tfds_dir: str = "", tfds_download: bool = False, on_error: str = "raise",
+              max_line_chars: int = MAX_LINE_CHARS) -> Rows:
+    """Read one split from a file (plain or gzip) or a `tfds:name[:split]` source.
+
+    Problems of single rows (wrong field count, bad quoting, invalid UTF-8, NUL bytes,
+    over-long lines, invalid JSON) raise one `DataError` listing them all, or with
+    `on_error="skip"` drop those rows and list them in `Rows.skipped`. Problems of the
+    whole file (missing, a directory, empty, unreadable header) always raise.
+    """
+    if on_error not in ON_ERROR:
+        raise ValueError(f"on_error must be one of {ON_ERROR}, got {on_error!r}")
     fmt = detect_format(source, fmt)
     if fmt == "tfds":
         return read_tfds(source, split, tfds_dir, tfds_download)
-    lines = read_lines(Path(source))
+    lines, bad = read_lines(Path(source), max_line_chars, on_error, header=fmt != "jsonl")
     if fmt == "jsonl":
-        return parse_jsonl(source, lines)
-    if fmt == "csv":
-        return _parse_delimited(source, lines, ",", csv.QUOTE_MINIMAL)
-    return _parse_delimited(source, lines, "\t",
-                            csv.QUOTE_NONE if quoting == "none" else csv.QUOTE_MINIMAL)
+        rows = parse_jsonl(source, lines, on_error)
+    elif fmt == "csv":
+        rows = _parse_delimited(source, lines, ",", csv.QUOTE_MINIMAL, on_error)
+    else:
+        rows = _parse_delimited(source, lines, "\t",
+                                csv.QUOTE_NONE if quoting == "none" else csv.QUOTE_MINIMAL,
+                                on_error)
+    return Rows(rows.source, rows.fields, rows.where, tuple(bad) + rows.skipped)
 
 
-def read_lines(path: Path) -> list[str]:
-    """Decode a file line by line so an encoding error names its line."""
+def read_lines(path: Path, max_line_chars: int = MAX_LINE_CHARS, on_error: str = "raise",
+               header: bool = False) -> tuple[list[str], list[str]]:
+    """Decode a file line by line so that an encoding error names its line.
+
+    Returns (lines, skipped): with on_error="skip" a bad line becomes "" (so line numbers
+    still match the file) and its message goes to `skipped`, except a bad `header` line
+    (the first non-empty one), which always raises. A UTF-8 byte-order mark and
+    CRLF line ends are accepted; gzip files are decompressed.
+    """
+    path = Path(path)
     if not path.exists():
-        raise DataError(f"{path}: file not found. Check `data.train`/`data.validation`.")
+        raise DataError(f"{path}: file not found. Check the path in `data.train`, "
+                        "`data.validation` or `data.test` (relative paths in a YAML file are "
+                        "relative to that file's folder).")
     if path.is_dir():
-        raise DataError(f"{path} is a directory; expected a data file")
-    raw = path.read_bytes()
+        raise DataError(f"{path} is a directory; expected a data file (.tsv, .csv, .jsonl)")
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        raise DataError(f"{path}: cannot be read ({e.strerror}); check its permissions") from None
     if raw.startswith(b"\x1f\x8b"):
-        raise DataError(f"{path} is gzip-compressed; decompress it first (gunzip {path})")
+        try:
+            raw = gzip.decompress(raw)
+        except (OSError, EOFError, zlib.error) as e:
+            raise DataError(f"{path}: looks gzip-compressed but cannot be decompressed ({e}); "
+                            f"the file is damaged or truncated: re-create it") from None
     if raw.startswith(b"\xef\xbb\xbf"):
         raw = raw[3:]
     lines, problems = [], []
-    for number, chunk in enumerate(raw.split(b"\n"), start=1):
+    chunks = raw.split(b"\n")
+    if chunks and chunks[-1] == b"":
+        chunks.pop()
+    for number, chunk in enumerate(chunks, start=1):
+        problem = None
+        if chunk.endswith(b"\r"):
+            chunk = chunk[:-1]  # CRLF line end
         try:
             text = chunk.decode("utf-8")
         except UnicodeDecodeError as e:
-            problems.append(f"{path}:{number}: invalid UTF-8 at byte {e.start} "
-                            f"({chunk[max(0, e.start - 10):e.start + 10]!r}); "
-                            "re-save the file as UTF-8")
             text = ""
-        if "\x00" in text:
-            problems.append(f"{path}:{number}: contains a NUL byte; remove it")
-        lines.append(text.rstrip("\r"))
-    if problems:
+            problem = (f"{path}:{number}: invalid UTF-8 at byte {e.start} "
+                       f"({chunk[max(0, e.start - 10):e.start + 10]!r}); re-save the file as "
+                       "UTF-8 (for example: iconv -f latin1 -t utf-8)")
+        if problem is None and "\x00" in text:
+            problem = f"{path}:{number}: contains a NUL byte; remove it (the file may be binary)"
+        if problem is None and len(text) > max_line_chars:
+            problem = (f"{path}:{number}: line of {len(text):,} characters is longer than "
+                       f"`data.max_line_chars` ({max_line_chars:,}); split the text or raise "
+                       "the limit")
+        if problem:
+            if header and not any(line.strip() for line in lines):
+                raise DataError(f"{problem} (this is the header line)")
+            problems.append(problem)
+            text = ""
+        lines.append(text)
+    if not any(line.strip() for line in lines) and not problems:
+        raise DataError(f"{path} is empty (no non-blank lines)"
+                        + ("; expected a header line and rows" if header else ""))
+    if problems and on_error == "raise":
         raise DataError(problems)
-    if lines and lines[-1] == "":
-        lines.pop()
-    if not any(line.strip() for line in lines):
-        raise DataError(f"{path} is empty; expected a header line and at least one row")
-    return lines
+    return lines, problems
 
 
-def _parse_delimited(source: str, lines: list[str], delimiter: str, quoting: int) -> Rows:
+def _parse_delimited(source: str, lines: list[str], delimiter: str, quoting: int,
+                     on_error: str = "raise") -> Rows:
     """Rows of a delimited file; a quoted field may span lines (it is reported at its
     first line)."""
     name = Path(source).name
     csv.field_size_limit(MAX_FIELD_CHARS)
-    reader = csv.reader(io.StringIO("\n".join(lines) + "\n", newline=""),
-                        delimiter=delimiter, quoting=quoting)
+    first = next((i for i, line in enumerate(lines) if line.strip()), None)
+    if first is None:
+        raise DataError(f"{source} has no readable lines; expected a header line and rows")
+    reader = csv.reader(io.StringIO("\n".join(lines[first:]) + "\n", newline=""),
+                        delimiter=delimiter, quoting=quoting, strict=quoting != csv.QUOTE_NONE)
     sep = "TAB" if delimiter == "\t" else repr(delimiter)
     try:
         header = next(reader)
     except csv.Error as e:
-        raise DataError(f"{source}:1: cannot parse the header ({e})") from None
+        raise DataError(f"{source}:{first + 1}: cannot parse the header ({e})") from None
     if len(set(header)) != len(header) or any(not h.strip() for h in header):
-        raise DataError(f"{source}:1: the header {header!r} must name each column once")
+        raise DataError(f"{source}:{first + 1}: the header {header!r} must name each column "
+                        "once; the first non-empty line of the file is its header")
     fields, where, problems = [], [], []
     while True:
-        number = reader.line_num + 1
+        number = first + reader.line_num + 1
         try:
             row = next(reader)
         except StopIteration:
             break
         except csv.Error as e:
-            problems.append(f"{source}:{number}: cannot parse this row ({e}); check its quotes "
-                            "or set `data.quoting`")
-            break
+            hint = ("a quote opened on this line is never closed" if "end of data" in str(e)
+                    else "check its quotes")
+            problems.append(f"{source}:{number}: cannot parse this row ({e}): {hint}; or set "
+                            "`data.quoting: none` if quotes are part of the text")
+            continue
         if not row or (len(row) == 1 and not row[0].strip()):
             continue  # blank line
         if len(row) != len(header):
@@ -127,12 +193,12 @@ def _parse_delimited(source: str, lines: list[str], delimiter: str, quoting: int
             continue
         fields.append(dict(zip(header, row)))
         where.append(f"{name}:{number}")
-    if problems:
+    if problems and on_error == "raise":
         raise DataError(problems)
-    return Rows(source, fields, where)
+    return Rows(source, fields, where, tuple(problems))
 
 
-def parse_jsonl(source: str, lines: list[str]) -> Rows:
+def parse_jsonl(source: str, lines: list[str], on_error: str = "raise") -> Rows:
     name = Path(source).name
     fields, where, problems = [], [], []
     for number, line in enumerate(lines, start=1):
@@ -141,17 +207,21 @@ def parse_jsonl(source: str, lines: list[str]) -> Rows:
         try:
             obj = json.loads(line)
         except json.JSONDecodeError as e:
-            problems.append(f"{source}:{number}: not valid JSON ({e.msg} at column {e.colno})")
+            problems.append(f"{source}:{number}: not valid JSON ({e.msg} at column {e.colno}); "
+                            "each line must be one JSON object")
+            continue
+        except RecursionError:
+            problems.append(f"{source}:{number}: JSON nested too deeply")
             continue
         if not isinstance(obj, dict):
-            problems.append(f"{source}:{number}: expected a JSON object, got "
-                            f"{type(obj).__name__}")
+            problems.append(f"{source}:{number}: expected a JSON object ({{\"text\": ...}}), "
+                            f"got {type(obj).__name__}")
             continue
         fields.append(obj)
         where.append(f"{name}:{number}")
-    if problems:
+    if problems and on_error == "raise":
         raise DataError(problems)
-    return Rows(source, fields, where)
+    return Rows(source, fields, where, tuple(problems))
 
 
 def read_tfds(source: str, split: str, data_dir: str, download: bool) -> Rows:

@@ -1,4 +1,14 @@
-"""Error taxonomy: user errors exit 2 with one clear message, internal errors exit 1."""
+"""Error taxonomy and exit codes of the CLI.
+
+0  success
+1  internal error: any exception that is not a `UserError` (a bug in tfsft or a library);
+   the CLI prints the traceback and asks for a report
+2  user error (`ConfigError`, `DataError`, `PluginError`, `RunDirError`): one message that
+   names the file/key and the fix, no traceback (`--debug` shows it)
+3  `TrainingError`: training itself failed on something the user can act on (diverged
+   loss, out of memory, checkpoint not writable)
+130 interrupted (Ctrl-C or SIGTERM); the run's manifest says `interrupted`
+"""
 
 from __future__ import annotations
 
@@ -20,10 +30,17 @@ class ConfigError(UserError):
 
 
 class DataError(UserError):
-    """Bad input data. Messages name the file, line and field, and how to fix it."""
+    """Bad input data. Messages name the file, line and field, and how to fix it.
 
-    def __init__(self, problems: list[str] | str, limit: int = 20):
+    `rows`: indices of the offending rows when every problem belongs to a row, so that
+    `data.on_error: skip` can drop exactly those rows; None for problems of the whole file
+    or dataset, which are never skipped.
+    """
+
+    def __init__(self, problems: list[str] | str, limit: int = 20,
+                 rows: list[int] | None = None):
         self.problems = [problems] if isinstance(problems, str) else list(problems)
+        self.rows = None if rows is None else sorted(set(rows))
         shown = self.problems[:limit]
         more = len(self.problems) - len(shown)
         text = "\n".join(f"  - {p}" for p in shown)
@@ -40,3 +57,11 @@ class PluginError(UserError):
 
 class RunDirError(UserError):
     """A run directory that is missing, incomplete, or would be overwritten."""
+
+
+class TrainingError(UserError):
+    """Training stopped on a problem the user can act on: the loss diverged (NaN/Inf), memory
+    ran out, a checkpoint could not be written. Exit code 3, so scripts and the tuner can
+    tell a failed training from bad input."""
+
+    exit_code = 3

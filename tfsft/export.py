@@ -8,6 +8,8 @@ No optimizer state is saved anywhere: with AdamW it would triple the size.
 
 from __future__ import annotations
 
+import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -20,18 +22,39 @@ def head_layers(model, backbone) -> list:
 
 
 def save_final(model, backbone, preprocessor, folder: Path) -> None:
-    """Write backbone + preprocessor as a KerasHub preset, and the head weights."""
+    """Write backbone + preprocessor as a KerasHub preset, and the head weights.
+
+    Written into a temporary folder that is renamed into place when complete, so `folder`
+    is never half-written (a full disk or a crash leaves no partial model)."""
+    from tfsft import checkpoints
+
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    backbone.save_to_preset(str(folder))
-    preprocessor.save_to_preset(str(folder))
-    arrays = {}
-    for i, layer in enumerate(head_layers(model, backbone)):
-        for j, w in enumerate(layer.get_weights()):
-            arrays[f"{i:03d}/{j:03d}/{type(layer).__name__}"] = w
-    tmp = folder / "head.tmp.npz"
-    np.savez(tmp, **arrays)
-    tmp.replace(folder / "head.npz")
+    tmp = folder.with_name(f".{folder.name}.tmp{os.getpid()}")
+    try:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        backbone.save_to_preset(str(tmp))
+        preprocessor.save_to_preset(str(tmp))
+        arrays = {}
+        for i, layer in enumerate(head_layers(model, backbone)):
+            for j, w in enumerate(layer.get_weights()):
+                arrays[f"{i:03d}/{j:03d}/{type(layer).__name__}"] = w
+        np.savez(tmp / "head.npz", **arrays)
+        for f in tmp.iterdir():
+            if f.is_file():
+                with open(f, "rb+") as handle:
+                    os.fsync(handle.fileno())
+        if folder.exists():  # an export being replaced (--overwrite)
+            old = folder.with_name(f".{folder.name}.old{os.getpid()}")
+            os.replace(folder, old)
+            shutil.rmtree(old, ignore_errors=True)
+        os.replace(tmp, folder)
+        checkpoints.fsync_dir(folder.parent)
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise RunDirError(f"could not write the model to {folder}: {e.strerror or e}; nothing "
+                          "partial was left there. Free disk space (or fix permissions) and "
+                          "run again.") from e
 
 
 def load_backbone(folder: Path, max_length: int | None = None):
@@ -49,7 +72,7 @@ def load_backbone(folder: Path, max_length: int | None = None):
 
 def load_head(model, backbone, path: Path) -> None:
     """Set the head layers' weights from `head.npz`, checking layer types and shapes."""
-    head = np.load(path)
+    head = np.load(path, allow_pickle=False)
     saved: dict[int, list] = {}
     kinds: dict[int, str] = {}
     for key in sorted(head.files):
@@ -79,7 +102,14 @@ def load_final(folder: Path, task, task_cfg, num_outputs: int, max_length: int,
 def export_keras(model, path: Path) -> Path:
     """A single `.keras` file of the task model (architecture + weights, no optimizer)."""
     path = Path(path)
-    model.save(str(path))
+    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}.keras")
+    try:
+        model.save(str(tmp))
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise RunDirError(f"could not write {path}: {e.strerror or e}; nothing partial was "
+                          "left there") from e
     return path
 
 

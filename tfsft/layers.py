@@ -2,7 +2,7 @@
 
 Load an exported GPT-2 or mean/last-pooling model with:
     import keras, keras_hub, tfsft.layers
-    model = keras.saving.load_model("export/model.keras")
+    model = keras.saving.load_model("export/model.keras", safe_mode=True)
 """
 
 from __future__ import annotations

@@ -162,6 +162,64 @@ class StopAfter(keras.callbacks.Callback):
             self.model.stop_training = True
 
 
+class DivergenceGuard(keras.callbacks.Callback):
+    """Stops training at the first batch whose loss is NaN or infinite, and remembers it."""
+
+    def __init__(self):
+        super().__init__()
+        self.bad: dict | None = None
+        self._epoch = 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        loss = (logs or {}).get("loss")
+        if loss is not None and not math.isfinite(float(loss)):
+            step = int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
+            self.bad = {"loss": float(loss), "step": step, "epoch": self._epoch + 1,
+                        "batch": batch + 1}
+            self.model.stop_training = True
+
+
+class Checkpoints(keras.callbacks.Callback):
+    """At each epoch end with a finite loss: `last.weights.h5`, and with `keep_best` also
+    `best.weights.h5` when `monitor` improved. Both written atomically (checkpoints.py)."""
+
+    def __init__(self, folder: Path, monitor: str, mode: str, keep_best: bool):
+        super().__init__()
+        self.folder, self.monitor, self.mode = Path(folder), monitor, mode
+        self.keep_best = keep_best
+        self.best: float | None = None
+        self.best_epoch: int | None = None
+        self.last_epoch: int | None = None
+
+    @property
+    def last_path(self) -> Path:
+        return self.folder / "last.weights.h5"
+
+    @property
+    def best_path(self) -> Path:
+        return self.folder / "best.weights.h5"
+
+    def on_epoch_end(self, epoch, logs=None):
+        from tfsft import checkpoints
+
+        logs = logs or {}
+        if not math.isfinite(float(logs.get("loss", float("nan")))):
+            return  # never overwrite a good checkpoint with diverged weights
+        checkpoints.save_weights(self.model, self.last_path)
+        self.last_epoch = epoch + 1
+        value = logs.get(self.monitor)
+        if not self.keep_best or value is None or not math.isfinite(float(value)):
+            return
+        better = (self.best is None or (value < self.best if self.mode == "min"
+                                        else value > self.best))
+        if better:
+            self.best, self.best_epoch = float(value), epoch + 1
+            checkpoints.save_weights(self.model, self.best_path)
+
+
 @dataclass(frozen=True)
 class TrainResult:
     history: list[dict]
@@ -171,41 +229,65 @@ class TrainResult:
 
 
 def train(model, train_ds, val_ds, *, plan: Plan, batch_size: int, run_dir: Path,
-          monitor: str, patience: int, keep_best: bool, verbose: int = 1) -> TrainResult:
+          monitor: str, patience: int, keep_best: bool, verbose: int = 1,
+          advice: str = "") -> TrainResult:
     """Fit `model` (compiled) and leave it holding the weights to keep.
 
     Runs `plan.total_batches` batches (stopping inside an epoch if need be); with keep_best
     the weights of the best epoch by `monitor` (loss-like metrics are minimised) are
-    restored at the end.
+    restored at the end. A NaN/Inf loss or running out of memory raises `TrainingError`
+    (with `advice`: what to change in the config); the last good epoch's weights stay in
+    `checkpoints/last.weights.h5`.
     """
+    from tfsft.errors import TrainingError
+
+    import tensorflow as tf
+
     run_dir = Path(run_dir)
     mode = "min" if "loss" in monitor else "max"
-    best_path = run_dir / "checkpoints" / "best.weights.h5"
-    best_path.parent.mkdir(parents=True, exist_ok=True)
+    (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+    guard = DivergenceGuard()
+    saver = Checkpoints(run_dir / "checkpoints", monitor, mode, keep_best and val_ds is not None)
     callbacks = [
+        guard,
         Throughput(batch_size, str(run_dir / "tensorboard")),
         keras.callbacks.TensorBoard(str(run_dir / "tensorboard"), update_freq="epoch"),
         HistoryFile(run_dir / "history.jsonl"),
         StopAfter(plan.total_batches),
+        saver,
     ]
-    if val_ds is not None and keep_best:
-        callbacks.append(keras.callbacks.ModelCheckpoint(
-            str(best_path), monitor=monitor, mode=mode, save_best_only=True,
-            save_weights_only=True, verbose=0))
     if val_ds is not None and patience:
         callbacks.append(keras.callbacks.EarlyStopping(monitor=monitor, mode=mode,
                                                        patience=patience, verbose=1))
     start = time.perf_counter()
-    hist = model.fit(train_ds, validation_data=val_ds, epochs=plan.epochs, shuffle=False,
-                     callbacks=callbacks, verbose=verbose)
+    try:
+        hist = model.fit(train_ds, validation_data=val_ds, epochs=plan.epochs, shuffle=False,
+                         callbacks=callbacks, verbose=verbose)
+    except (tf.errors.ResourceExhaustedError, MemoryError) as e:
+        step = int(keras.ops.convert_to_numpy(model.optimizer.iterations))
+        raise TrainingError(
+            f"out of memory at optimizer step {step} with batches of {batch_size} "
+            f"({type(e).__name__}). Lower `train.global_batch_size` and raise "
+            "`train.grad_accum_steps` to keep the same effective batch (for example "
+            f"train.global_batch_size={max(batch_size // 2, 1)} train.grad_accum_steps=2), "
+            "or lower `data.max_length`." + _last_good(saver)) from None
     seconds = time.perf_counter() - start
+    if guard.bad:
+        b = guard.bad
+        raise TrainingError(
+            f"training diverged: the loss became {b['loss']} at optimizer step {b['step']} "
+            f"(epoch {b['epoch']}, batch {b['batch']}). {advice}".rstrip()
+            + _last_good(saver))
     rows = [dict(zip(hist.history, vals)) for vals in zip(*hist.history.values())]
     steps = int(keras.ops.convert_to_numpy(model.optimizer.iterations))  # before any restore
-    best_epoch = None
-    if val_ds is not None and keep_best and best_path.exists() and monitor in hist.history:
-        values = hist.history[monitor]
-        pick = min if mode == "min" else max
-        best_epoch = values.index(pick(values)) + 1
-        model.load_weights(str(best_path))
-    return TrainResult([{k: float(v) for k, v in r.items()} for r in rows], best_epoch,
+    if saver.best_epoch is not None:
+        model.load_weights(str(saver.best_path))
+    saver.last_path.unlink(missing_ok=True)  # the final model is saved next; keep one copy
+    return TrainResult([{k: float(v) for k, v in r.items()} for r in rows], saver.best_epoch,
                        seconds, steps)
+
+
+def _last_good(saver: Checkpoints) -> str:
+    if saver.last_epoch is None:
+        return " No epoch finished, so there is no checkpoint to keep."
+    return f" The weights after epoch {saver.last_epoch} are kept in {saver.last_path}."

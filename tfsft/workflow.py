@@ -32,6 +32,7 @@ class Splits:
     label_names: list[str]
     carved: bool  # validation carved from train
     targets: dict  # split name -> encoded targets, checked against the label map
+    skipped: dict  # split name -> messages of rows dropped under `data.on_error: skip`
 
 
 def load_task_and_config(task_spec: str, config_files=(), overrides=()):
@@ -42,24 +43,41 @@ def load_task_and_config(task_spec: str, config_files=(), overrides=()):
 
 
 def read_split(task, cfg, source: str, split: str, labelled: bool = True):
+    """(examples, skipped) of one split. With `data.on_error: skip` bad rows (the reader's
+    and the task's) are dropped and `skipped` holds one message per dropped row."""
     d = cfg.data
-    rows = data_lib.read_rows(source, d.format, d.quoting, split, d.tfds_dir, d.tfds_download)
+    rows = data_lib.read_rows(source, d.format, d.quoting, split, d.tfds_dir, d.tfds_download,
+                              d.on_error, d.max_line_chars)
+    try:
+        ex = task.examples(cfg.task, rows, labelled)
+    except DataError as e:
+        if d.on_error != "skip" or e.rows is None:
+            raise
+        rows = rows.drop(e.rows, e.problems)
+        ex = task.examples(cfg.task, rows, labelled)
+    total = len(rows) + len(rows.skipped)
     if not len(rows):
-        raise DataError(f"{source}: no rows in split {split!r}")
-    return task.examples(cfg.task, rows, labelled)
+        raise DataError([f"{source}: no usable rows in split {split!r}"] + list(rows.skipped))
+    if len(rows.skipped) > d.max_skipped * total:
+        raise DataError([f"{source}: {len(rows.skipped)} of {total} rows are bad, more than "
+                         f"`data.max_skipped` ({d.max_skipped:.0%}) allows: the file is likely "
+                         "in another format (check `data.format` / `data.quoting`, the column "
+                         "names) or needs cleaning. The first problems:"]
+                        + list(rows.skipped[:10]))
+    return ex, list(rows.skipped)
 
 
 def read_splits(task, cfg) -> Splits:
     """Read and validate every split before anything is written or loaded."""
     d = cfg.data
     problems = []
-    parts = {}
+    parts, skipped = {}, {}
     for split in ("train", "validation", "test"):
         source = getattr(d, split)
         if not source:
             continue
         try:
-            parts[split] = read_split(task, cfg, source, split)
+            parts[split], skipped[split] = read_split(task, cfg, source, split)
         except DataError as e:
             problems.extend(e.problems)
     if problems:
@@ -75,16 +93,25 @@ def read_splits(task, cfg) -> Splits:
             raise DataError(f"{d.train} has {len(train)} rows: too few to carve a validation "
                             f"split of {d.validation_fraction}; set `data.validation`")
         train, validation, carved = train.take(keep), train.take(held), True
-    targets = {}
-    for split, ex in [("train", train), ("validation", validation), ("test", parts.get("test"))]:
-        if ex is not None:
-            try:
-                targets[split] = task.encode_targets(cfg.task, label_names, ex)
-            except DataError as e:
+    exs, targets = {"train": train, "validation": validation, "test": parts.get("test")}, {}
+    for split, ex in exs.items():
+        if ex is None:
+            continue
+        try:
+            targets[split] = task.encode_targets(cfg.task, label_names, ex)
+        except DataError as e:
+            if d.on_error != "skip" or e.rows is None:
                 problems.extend(e.problems)
+                continue
+            # rows with labels outside the label map: dropped like any other bad row
+            keep = [i for i in range(len(ex)) if i not in set(e.rows)]
+            exs[split] = ex.take(keep)
+            skipped.setdefault(split, []).extend(e.problems)
+            targets[split] = task.encode_targets(cfg.task, label_names, exs[split])
     if problems:
         raise DataError(problems)
-    return Splits(train, validation, parts.get("test"), label_names, carved, targets)
+    return Splits(exs["train"], exs["validation"], exs["test"], label_names, carved, targets,
+                  skipped)
 
 
 def label_distribution(cfg, ex) -> dict:
@@ -102,6 +129,9 @@ def summarise(cfg, splits: Splits, encoded: dict) -> dict:
         ex = getattr(splits, name)
         out[name] = {"rows": len(ex), "label_distribution": label_distribution(cfg, ex),
                      **pipeline.length_summary(enc, cfg.data.max_length)}
+        if splits.skipped.get(name):
+            out[name]["skipped_rows"] = len(splits.skipped[name])
+            out[name]["skipped"] = splits.skipped[name][:100]
     return out
 
 
@@ -114,6 +144,9 @@ def print_summary(summary: dict) -> None:
         log(f"{name}: {s['rows']} rows ({dist}); tokens p50 {s.get('tokens_p50', 0):.0f} "
             f"p95 {s.get('tokens_p95', 0):.0f} max {s.get('tokens_max', 0):.0f}; "
             f"truncated {100 * s.get('truncated_share', 0):.1f}%")
+        if s.get("skipped_rows"):
+            log(f"WARNING {name}: skipped {s['skipped_rows']} bad row(s) (data.on_error=skip), "
+                "listed in data_summary.json; the first: " + s["skipped"][0])
 
 
 def encode_splits(task, cfg, splits: Splits, preprocessor) -> dict:
@@ -206,24 +239,41 @@ def fit(task_spec: str, config_files=(), overrides=(), output: str | None = None
     """Train a task end to end; returns the run directory.
 
     Config, data, backbone and model are all checked before the run directory is made, so
-    a mistake costs nothing and leaves nothing behind."""
+    a mistake costs nothing and leaves nothing behind. The run directory is locked while
+    the run writes to it; with `overwrite` an earlier run there is replaced only when the
+    new one has finished (runs.open_run)."""
     task, folder, cfg = load_task_and_config(task_spec, config_files, overrides)
+    target = Path(output) if output else runs.default_dir(task.name)
+    runs.check_target(target, overwrite)  # fail fast, before minutes of loading
     splits = read_splits(task, cfg)
     prepared = prepare(task, cfg, splits)
-    run_dir = runs.create(Path(output) if output else runs.default_dir(task.name), overwrite)
-    log(f"run directory: {run_dir}")
+    with runs.open_run(target, overwrite) as run_dir:
+        log(f"run directory: {run_dir}" + (f" (replaces {target} when finished)"
+                                           if run_dir != target else ""))
+        try:
+            _fit_in_run(task, folder, cfg, splits, prepared, run_dir, verbose)
+        except BaseException:
+            if run_dir != target:
+                log(f"the earlier run at {target} is untouched; this attempt is in {run_dir}")
+            raise
+    return target
+
+
+def _fit_in_run(task, folder, cfg, splits: Splits, prepared: Prepared, run_dir: Path,
+                verbose) -> None:
+    """Write the run's files, train, evaluate; the manifest records how it ended."""
     files = {s: data_lib.fingerprint(getattr(cfg.data, s)) for s in ("train", "validation", "test")
              if getattr(cfg.data, s)}
     for s in files:
         files[s]["rows"] = len(getattr(splits, s))
     manifest = runs.manifest(cfg.train.seed, files)
     runs.write_json(run_dir / "manifest.json", manifest)
-    (run_dir / "config.yaml").write_text(config_lib.dump_yaml(cfg), encoding="utf-8")
+    runs.write_text(run_dir / "config.yaml", config_lib.dump_yaml(cfg))
     runs.write_json(run_dir / "task.json", {"name": task.name,
                                             "folder": str(folder) if folder else None})
     runs.write_json(run_dir / "labels.json", splits.label_names)
     try:
-        result = _fit_in_run(task, cfg, splits, prepared, run_dir, verbose)
+        result = _train_and_evaluate(task, cfg, splits, prepared, run_dir, verbose)
     except BaseException as e:
         manifest["status"] = "interrupted" if isinstance(e, KeyboardInterrupt) else "failed"
         manifest["error"] = f"{type(e).__name__}: {e}"[:2000]
@@ -231,10 +281,10 @@ def fit(task_spec: str, config_files=(), overrides=(), output: str | None = None
         raise
     manifest.update(status="finished", **result)
     runs.write_json(run_dir / "manifest.json", manifest)
-    return run_dir
 
 
-def _fit_in_run(task, cfg, splits: Splits, prepared: Prepared, run_dir: Path, verbose) -> dict:
+def _train_and_evaluate(task, cfg, splits: Splits, prepared: Prepared, run_dir: Path,
+                        verbose) -> dict:
     from tfsft import export, pipeline, training
 
     model, t = prepared.model, cfg.train
@@ -260,7 +310,11 @@ def _fit_in_run(task, cfg, splits: Splits, prepared: Prepared, run_dir: Path, ve
     result = training.train(
         model, train_ds, val_ds, plan=plan, batch_size=batch, run_dir=run_dir,
         monitor=t.monitor, patience=t.early_stopping_patience, keep_best=t.keep_best,
-        verbose=verbose if verbose is not None else (1 if sys.stderr.isatty() else 2))
+        verbose=verbose if verbose is not None else (1 if sys.stderr.isatty() else 2),
+        advice=f"Try a lower `train.learning_rate` (now {t.learning_rate:g}), keep "
+               f"`train.clip_norm` above 0 (now {t.clip_norm:g}), a longer "
+               f"`train.warmup_ratio` (now {t.warmup_ratio:g}), and check the training data "
+               "with `tfsft validate`.")
     export.save_final(model, prepared.backbone, prepared.preprocessor, run_dir / "model")
     metrics = {}
     for split in ("validation", "test"):
@@ -346,20 +400,21 @@ def evaluate(run_dir: Path, split: str = "validation", config_files=(), override
         # re-reads train too: a carved validation split is carved again, identically
         ex, name = getattr(read_splits(task, cfg), split), split
     else:
-        ex, name = read_split(task, cfg, split, "test"), f"file:{Path(split).name}"
+        ex, name = read_split(task, cfg, split, "test")[0], f"file:{Path(split).name}"
     targets = task.encode_targets(cfg.task, label_names, ex)
     logits = predict_logits(model, task.encode_inputs(cfg.task, preprocessor, ex),
                             cfg.train.eval_batch_size)
     rep = task.report(cfg.task, label_names, targets, logits)
-    path = run_dir / "metrics.json"
-    existing = json.loads(path.read_text()) if path.exists() else {}
-    existing[name] = rep
-    runs.write_json(path, existing)
-    stem = name.replace("file:", "file_").replace("/", "_")
-    (run_dir / "reports").mkdir(exist_ok=True)
-    metrics_lib.plot_confusion_matrix(rep, str(run_dir / "reports" / f"confusion_{stem}.png"),
-                                      title=f"{task.name}: {name}")
-    (run_dir / "reports" / f"report_{stem}.txt").write_text(metrics_lib.format_report(rep))
+    with runs.locked(run_dir):  # one writer of metrics.json at a time
+        path = run_dir / "metrics.json"
+        existing = json.loads(path.read_text()) if path.exists() else {}
+        existing[name] = rep
+        runs.write_json(path, existing)
+        stem = name.replace("file:", "file_").replace("/", "_")
+        (run_dir / "reports").mkdir(exist_ok=True)
+        metrics_lib.plot_confusion_matrix(rep, str(run_dir / "reports" / f"confusion_{stem}.png"),
+                                          title=f"{task.name}: {name}")
+        runs.write_text(run_dir / "reports" / f"report_{stem}.txt", metrics_lib.format_report(rep))
     return rep
 
 
@@ -372,7 +427,7 @@ def read_predict_input(stream_or_path: str) -> data_lib.Rows:
         path = Path(stream_or_path)
         if path.suffix.lower() in (".tsv", ".csv", ".jsonl"):
             return data_lib.read_rows(str(path))
-        source, lines = str(path), data_lib.read_lines(path)
+        source, lines = str(path), data_lib.read_lines(path)[0]
     numbered = [(i, ln) for i, ln in enumerate(lines, 1) if ln.strip()]
     if not numbered:
         raise DataError(f"{source}: no input text")
@@ -401,14 +456,15 @@ def export_run(run_dir: Path, out: Path | None, formats: list[str], overwrite: b
     out = Path(out) if out else Path(run_dir) / "export"
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise ConfigError(f"{out} exists and is not empty; choose --out or pass --overwrite")
-    out.mkdir(parents=True, exist_ok=True)
     written = []
-    if "keras" in formats:
-        written.append(export.export_keras(model, out / "model.keras"))
-    if "preset" in formats:
-        written.append(export.export_preset(model, model_backbone(model), preprocessor,
-                                            out / "preset"))
-    runs.write_json(out / "labels.json", label_names)
+    with runs.locked(Path(run_dir)):  # no fit may replace the run while it is exported
+        out.mkdir(parents=True, exist_ok=True)
+        if "keras" in formats:
+            written.append(export.export_keras(model, out / "model.keras"))
+        if "preset" in formats:
+            written.append(export.export_preset(model, model_backbone(model), preprocessor,
+                                                out / "preset"))
+        runs.write_json(out / "labels.json", label_names)
     return written
 
 

@@ -78,8 +78,9 @@ def _label(cfg: ClassificationConfig, row: dict, where: str, problems: list[str]
         return sorted({str(v).strip() for v in items if str(v).strip()})  # may be empty
     if value is None or (isinstance(value, str) and not value.strip()):
         what = "missing" if value is None else "empty"
-        problems.append(f"{where}: label field {cfg.label_field!r} is {what}; every training and "
-                        "evaluation row needs a label (set `task.label_field` if it has another name)")
+        problems.append(f"{where}: label field {cfg.label_field!r} is {what}; every training "
+                        "and evaluation row needs a label (set `task.label_field` if it has "
+                        "another name)")
         return None
     if isinstance(value, (list, dict)):
         problems.append(f"{where}: label {value!r} is a {type(value).__name__}; single-label "
@@ -90,11 +91,12 @@ def _label(cfg: ClassificationConfig, row: dict, where: str, problems: list[str]
 
 def examples(cfg: ClassificationConfig, rows, labelled: bool = True) -> Examples:
     """Map reader rows to texts (+pairs) and labels, collecting every bad row."""
-    texts, pairs, labels, problems, wheres = [], [], [], [], []
+    texts, pairs, labels, problems, wheres, bad = [], [], [], [], [], []
     folder = rows.source.rsplit("/", 1)[0] + "/" if "/" in rows.source else ""
-    for row, where in zip(rows.fields, rows.where):
+    for i, (row, where) in enumerate(zip(rows.fields, rows.where)):
         where = folder + where if not where.startswith(("tfds:", "<", "/")) else where
         wheres.append(where)
+        before = len(problems)
         # unlabelled input (predict) may be plain text lines, read as the field `text`
         texts.append(_text(row, cfg.text_field, where, problems,
                            fallback="" if labelled else "text"))
@@ -102,8 +104,10 @@ def examples(cfg: ClassificationConfig, rows, labelled: bool = True) -> Examples
             pairs.append(_text(row, cfg.text_pair_field, where, problems))
         if labelled:
             labels.append(_label(cfg, row, where, problems))
+        if len(problems) > before:
+            bad.append(i)
     if problems:
-        raise DataError(problems)
+        raise DataError(problems, rows=bad)
     return Examples(texts, pairs if cfg.text_pair_field else None,
                     labels if labelled else None, wheres)
 
@@ -117,6 +121,15 @@ def make_label_map(cfg: ClassificationConfig, train: Examples) -> list[str]:
     if len(seen) < 2 and not cfg.multi_label:
         raise DataError(f"training data has {len(seen)} distinct label(s) {sorted(seen)}; "
                         "classification needs at least 2")
+    variants: dict[str, list[str]] = {}
+    for label in seen:
+        variants.setdefault(label.casefold(), []).append(label)
+    clashes = [sorted(v) for v in variants.values() if len(v) > 1]
+    if clashes:
+        raise DataError([f"labels {' and '.join(map(repr, v))} differ only in case: make them "
+                         "the same in the data, or list the label names in `task.labels`"
+                         for v in sorted(clashes)])
+
     def order(s: str):  # numeric labels in numeric order ("2" before "10"), then text
         numeric = re.fullmatch(r"-?[0-9]+", s) is not None
         return (not numeric, int(s) if numeric else 0, s)
@@ -139,13 +152,17 @@ def encode_inputs(cfg: ClassificationConfig, preprocessor, ex: Examples):
 def encode_targets(cfg: ClassificationConfig, label_names: list[str], ex: Examples) -> np.ndarray:
     """Label ids (single-label) or multi-hot rows; unknown labels are errors naming the row."""
     index = {name: i for i, name in enumerate(label_names)}
-    problems = []
+    folded = {name.casefold(): name for name in label_names}
+    problems, bad = [], []
 
-    def lookup(label, where):
+    def lookup(label, where, row):
         if label not in index:
+            near = folded.get(label.casefold())
+            hint = (f" (it differs from {near!r} only in case)" if near else "")
             problems.append(f"Label {label!r} on {where} is not in labels "
-                            f"[{', '.join(label_names)}]. Fix the row or add the label to "
-                            "`task.labels`.")
+                            f"[{', '.join(label_names)}]{hint}. Fix the row or add the label "
+                            "to `task.labels`.")
+            bad.append(row)
             return 0
         return index[label]
 
@@ -153,11 +170,12 @@ def encode_targets(cfg: ClassificationConfig, label_names: list[str], ex: Exampl
         y = np.zeros((len(ex), len(label_names)), np.float32)
         for i, (labels, where) in enumerate(zip(ex.labels, ex.where)):
             for label in labels:
-                y[i, lookup(label, where)] = 1.0
+                y[i, lookup(label, where, i)] = 1.0
     else:
-        y = np.array([lookup(lb, w) for lb, w in zip(ex.labels, ex.where)], np.int32)
+        y = np.array([lookup(lb, w, i) for i, (lb, w) in enumerate(zip(ex.labels, ex.where))],
+                     np.int32)
     if problems:
-        raise DataError(problems)
+        raise DataError(problems, rows=bad)
     return y
 
 

@@ -1,0 +1,55 @@
+"""Weight files that are either the old complete file or the new complete file, never half.
+
+Every save writes a temporary file beside the target, flushes it to disk, then renames it
+over the target (`os.replace` is atomic on POSIX), so a crash, SIGKILL or full disk in the
+middle of a save leaves the previous checkpoint loadable. A failed save raises
+`TrainingError` naming the file and saying the previous one is intact.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from pathlib import Path
+
+from tfsft.errors import TrainingError
+
+
+def fsync_dir(folder: Path) -> None:
+    """Make a rename in `folder` durable (best effort: not every filesystem supports it)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _fsync_file(path: Path) -> None:
+    with open(path, "rb+") as f:
+        os.fsync(f.fileno())
+
+
+def save_weights(model, path: Path) -> Path:
+    """`model.save_weights(path)` atomically. `path` must end in `.weights.h5`."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name[:-len('.weights.h5')]}.tmp{os.getpid()}.weights.h5")
+    try:
+        model.save_weights(str(tmp))
+        _fsync_file(tmp)
+        os.replace(tmp, path)
+        fsync_dir(path.parent)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        full = e.errno in (errno.ENOSPC, errno.EDQUOT)
+        previous = (f"the previous {path.name} is intact" if path.exists()
+                    else f"no earlier {path.name} existed")
+        raise TrainingError(
+            f"could not write checkpoint {path}: {e.strerror or e}; {previous}. "
+            + ("Free disk space" if full else "Check the run directory's disk and permissions")
+            + " and run again.") from e
+    return path
