@@ -37,6 +37,19 @@ def test_folder_without_task_py(tmp_path):
         tasks.resolve("nosuch", search=(REPO / "tasks",))
 
 
+def test_a_bare_name_never_imports_a_folder_from_the_current_directory(tmp_path):
+    folder = tmp_path / "tasks" / "trojan"
+    folder.mkdir(parents=True)
+    marker = tmp_path / "ran"
+    (folder / "task.py").write_text(f"open({str(marker)!r}, 'w').close()\n")
+    with pytest.raises(PluginError, match="name it as a path"):
+        tasks.resolve("trojan", search=(tmp_path / "tasks",))
+    assert not marker.exists()
+    with pytest.raises(PluginError, match="defines no module-level TASK"):
+        tasks.resolve(str(folder))  # named as a path: the user asked for it
+    assert marker.exists()
+
+
 def test_entry_point_plugins_are_found(monkeypatch):
     classification = tasks.load_task(REPO / "tasks" / "classification")
 

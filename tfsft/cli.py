@@ -79,7 +79,7 @@ def parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=summary, description=summary, epilog=examples,
                            formatter_class=argparse.RawDescriptionHelpFormatter)
         if name in ("fit", "validate"):
-            p.add_argument("task", help="task folder (tasks/sentiment) or installed task name")
+            p.add_argument("task", help="task folder path (tasks/sentiment) or installed plugin name")
         elif name != "list":
             p.add_argument("run", help="run directory made by `tfsft fit`")
         if name != "list":

@@ -107,17 +107,22 @@ def installed_tasks() -> dict[str, object]:
 
 
 def resolve(spec: str, search: tuple[Path, ...] = (Path("tasks"),)):
-    """A task by folder path, else by installed entry-point name. Returns (task, folder|None)."""
+    """A task by folder path, else by installed entry-point name. Returns (task, folder|None).
+
+    Plugin code runs only from a folder the user names (a path: `tasks/sentiment`,
+    `./mytask`) or from an installed entry point: a bare name never imports a folder found
+    in the current directory, it only suggests the path."""
     path = Path(spec)
     if path.exists() or "/" in spec or spec.startswith("."):
         return load_task(path), path.resolve()
-    for root in search:
-        if (root / spec / "task.py").is_file():
-            return load_task(root / spec), (root / spec).resolve()
     eps = installed_tasks()
     if spec in eps:
         return verify(eps[spec].load(), f"entry point {spec!r}"), None
-    known = sorted(set(eps) | {p.parent.name for r in search for p in r.glob("*/task.py")})
+    nearby = [root / spec for root in search if (root / spec / "task.py").is_file()]
+    if nearby:
+        raise PluginError(f"no installed task {spec!r}; to run the task folder {nearby[0]}, "
+                          f"name it as a path: tfsft ... {nearby[0]}")
+    known = sorted(set(eps) | {str(p.parent) for r in search for p in r.glob("*/task.py")})
     raise PluginError(f"no task {spec!r}: not a folder with task.py, and no installed plugin "
                       f"of that name. Known tasks: {', '.join(known) or 'none'}")
 
