@@ -246,7 +246,7 @@ def test_diverging_loss_stops_with_exit_3_naming_the_step(tiny_bert, tmp_path, t
     r = _fit_tiny(tiny_bert, toy_data, out, "train.learning_rate=1e30", "train.warmup_ratio=0",
                   "train.clip_norm=0")
     assert r.returncode == 3, r.stderr[-3000:]
-    assert "training diverged: the loss became nan at optimizer step" in r.stderr
+    assert "training diverged: the loss became nan at training batch" in r.stderr
     assert "Try a lower `train.learning_rate` (now 1e+30)" in r.stderr
     assert "Traceback" not in r.stderr
     manifest = json.loads((out / "manifest.json").read_text())
@@ -329,5 +329,5 @@ def test_out_of_memory_is_reported_with_a_smaller_batch_suggestion(tiny_bert, tm
                       f"data.validation={dev}", "data.max_length=16",
                       "train.global_batch_size=8"], output=str(tmp_path / "run"), verbose=0)
     assert e.value.exit_code == 3
-    assert "out of memory at optimizer step 0 with batches of 8" in str(e.value)
+    assert "out of memory after 0 optimizer steps, with batches of 8" in str(e.value)
     assert "train.global_batch_size=4 train.grad_accum_steps=2" in str(e.value)

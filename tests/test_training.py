@@ -80,3 +80,38 @@ def test_schedule_spans_all_batches_with_accumulation():
         model.train_on_batch(x, y)
     assert rates[p.total_batches // 2] == pytest.approx(5e-3)
     assert rates[-1] > 0 and int(keras.ops.convert_to_numpy(opt.iterations)) == 5
+
+
+def test_nan_loss_stops_at_its_batch_and_keeps_the_last_good_epoch(tmp_path):
+    import keras
+    import tensorflow as tf
+
+    from tfsft.errors import TrainingError
+
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    model.compile(optimizer=keras.optimizers.SGD(0.01), loss="mse")
+    calls = {"n": 0}
+
+    def batches():  # 4 batches an epoch; the 2nd batch of epoch 2 holds a NaN
+        for _ in range(4):
+            calls["n"] += 1
+            x = np.ones((8, 2), "float32")
+            if calls["n"] == 6:
+                x[3, 1] = np.nan
+            yield x, np.ones((8, 1), "float32")
+
+    ds = tf.data.Dataset.from_generator(batches, output_signature=(
+        tf.TensorSpec((8, 2), tf.float32), tf.TensorSpec((8, 1), tf.float32)))
+    initial = model.weights[0].numpy().copy()
+    with pytest.raises(TrainingError) as e:
+        training.train(model, ds, None, plan=training.Plan(3, 4, 12), batch_size=8,
+                       run_dir=tmp_path, monitor="loss", patience=0, keep_best=True,
+                       verbose=0, advice="Lower it.")
+    text = str(e.value)
+    assert "the loss became nan at training batch 6 (epoch 2, batch 2). Lower it." in text
+    assert f"after epoch 1 are kept in {tmp_path / 'checkpoints' / 'last.weights.h5'}" in text
+    fresh = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    fresh.load_weights(str(tmp_path / "checkpoints" / "last.weights.h5"))
+    assert all(np.all(np.isfinite(w.numpy())) for w in fresh.weights)
+    assert not np.allclose(fresh.weights[0].numpy(), initial)  # trained for one epoch
+    assert np.all(np.isnan(model.weights[0].numpy()))  # what was not saved

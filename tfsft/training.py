@@ -169,15 +169,16 @@ class DivergenceGuard(keras.callbacks.Callback):
         super().__init__()
         self.bad: dict | None = None
         self._epoch = 0
+        self._seen = 0
 
     def on_epoch_begin(self, epoch, logs=None):
         self._epoch = epoch
 
     def on_train_batch_end(self, batch, logs=None):
+        self._seen += 1
         loss = (logs or {}).get("loss")
-        if loss is not None and not math.isfinite(float(loss)):
-            step = int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
-            self.bad = {"loss": float(loss), "step": step, "epoch": self._epoch + 1,
+        if loss is not None and not math.isfinite(float(loss)) and self.bad is None:
+            self.bad = {"loss": float(loss), "step": self._seen, "epoch": self._epoch + 1,
                         "batch": batch + 1}
             self.model.stop_training = True
 
@@ -266,7 +267,7 @@ def train(model, train_ds, val_ds, *, plan: Plan, batch_size: int, run_dir: Path
     except (tf.errors.ResourceExhaustedError, MemoryError) as e:
         step = int(keras.ops.convert_to_numpy(model.optimizer.iterations))
         raise TrainingError(
-            f"out of memory at optimizer step {step} with batches of {batch_size} "
+            f"out of memory after {step} optimizer steps, with batches of {batch_size} "
             f"({type(e).__name__}). Lower `train.global_batch_size` and raise "
             "`train.grad_accum_steps` to keep the same effective batch (for example "
             f"train.global_batch_size={max(batch_size // 2, 1)} train.grad_accum_steps=2), "
@@ -275,7 +276,7 @@ def train(model, train_ds, val_ds, *, plan: Plan, batch_size: int, run_dir: Path
     if guard.bad:
         b = guard.bad
         raise TrainingError(
-            f"training diverged: the loss became {b['loss']} at optimizer step {b['step']} "
+            f"training diverged: the loss became {b['loss']} at training batch {b['step']} "
             f"(epoch {b['epoch']}, batch {b['batch']}). {advice}".rstrip()
             + _last_good(saver))
     rows = [dict(zip(hist.history, vals)) for vals in zip(*hist.history.values())]
