@@ -26,8 +26,23 @@ def test_task_config_validates(folder):
 @pytest.mark.parametrize("folder", TASKS, ids=lambda p: p.name)
 def test_profile_validates_with_every_task(profile, folder):
     task = load_task(folder)
-    cfg = c.load_config(task.config_class, folder / "config.yaml", [str(profile)], [])
+    raw = c.read_yaml(profile)
+    needs_data = [] if "train" in (raw.get("data") or {}) else ["data.train=x.tsv"]
+    cfg = c.load_config(task.config_class, folder / "config.yaml", [str(profile)], needs_data)
     assert cfg.data.train
+    if "tune" in raw:  # a search profile: its space must hold valid values of real keys
+        from tfsft import tune
+
+        def check_key(key, value):
+            try:
+                c.load_config(task.config_class, folder / "config.yaml", [str(profile)],
+                              [*needs_data, f"{key}={tune._yaml(value)}"])
+            except c.ConfigError as e:
+                return e.problems
+            return []
+
+        tc = tune.load_tune_config(raw["tune"], check_key)
+        assert tc.space
 
 
 def test_every_task_config_key_is_commented():

@@ -28,7 +28,7 @@ def test_no_unsafe_deserialisation(path):
         assert not hits, f"{path.name}:{hits}: {what}"
     for n, line in enumerate(text.splitlines(), 1):
         if "np.load(" in line:
-            assert "allow_pickle=False" in line, f"{path.name}:{n}: np.load needs allow_pickle=False"
+            assert "allow_pickle=False" in line, f"{path.name}:{n}: np.load without it"
 
 
 def test_the_scan_sees_the_sources():

@@ -21,6 +21,7 @@ examples:
   python -m tfsft fit tasks/classification data.train=my.tsv train.epochs=2 \\
       model.backbone=/path/to/hf_checkpoint --output runs/mine
   python -m tfsft validate tasks/sentiment data.train=other.tsv
+  python -m tfsft tune tasks/sentiment --config configs/tune-sentiment.yaml
   python -m tfsft evaluate runs/mine --split test
   echo "what a delight" | python -m tfsft predict runs/mine
   python -m tfsft export runs/mine --format keras,preset
@@ -38,6 +39,13 @@ examples:
   python -m tfsft fit tasks/classification data.train=train.tsv data.validation=dev.tsv \\
       task.text_field=sentence train.learning_rate=3e-5 model.freeze_layers=2
   python -m tfsft fit tasks/sentiment model.lora_rank=8 train.learning_rate=1e-3
+"""),
+    "tune": ("search hyperparameters (Keras Tuner), one fit per trial", """\
+examples:
+  python -m tfsft tune tasks/sentiment --config configs/tune-sentiment.yaml
+  python -m tfsft tune tasks/sentiment --config configs/tune-sentiment.yaml tune.max_trials=4
+  python -m tfsft tune tasks/sentiment --config configs/tune-sentiment.yaml --overwrite
+Re-running the same command resumes the search where it stopped.
 """),
     "validate": ("check config and data without training", """\
 examples:
@@ -78,8 +86,9 @@ def parser() -> argparse.ArgumentParser:
     for name, (summary, examples) in HELP.items():
         p = sub.add_parser(name, help=summary, description=summary, epilog=examples,
                            formatter_class=argparse.RawDescriptionHelpFormatter)
-        if name in ("fit", "validate"):
-            p.add_argument("task", help="task folder path (tasks/sentiment) or installed plugin name")
+        if name in ("fit", "validate", "tune"):
+            p.add_argument("task",
+                           help="task folder path (tasks/sentiment) or installed plugin name")
         elif name != "list":
             p.add_argument("run", help="run directory made by `tfsft fit`")
         if name != "list":
@@ -93,6 +102,12 @@ def parser() -> argparse.ArgumentParser:
             p.add_argument("--overwrite", action="store_true",
                            help="replace an existing run directory at --output")
             p.add_argument("--quiet", action="store_true", help="one line per epoch")
+            p.add_argument("--no-model", action="store_true",
+                           help="do not write model/ (metrics only; tune trials use this)")
+        if name == "tune":
+            p.add_argument("--output", help="search directory (default runs/<task>-tune)")
+            p.add_argument("--overwrite", action="store_true",
+                           help="start the search over instead of resuming it")
         if name == "evaluate":
             p.add_argument("--split", default="validation",
                            help="validation, test, or a data file (default: validation)")
@@ -160,10 +175,18 @@ def cmd_fit(args) -> int:
     from tfsft import workflow
 
     run = workflow.fit(args.task, args.config, args.overrides, args.output, args.overwrite,
-                       verbose=2 if args.quiet else None)
+                       verbose=2 if args.quiet else None, save_model=not args.no_model)
     print(f"run finished: {run}")
     print(json.dumps({k: {"accuracy": v["accuracy"], "macro_f1": v["macro"]["f1"]}
                       for k, v in json.loads((run / "metrics.json").read_text()).items()}))
+    return 0
+
+
+def cmd_tune(args) -> int:
+    from tfsft import tune
+
+    out = tune.run(args.task, args.config, args.overrides, args.output, args.overwrite)
+    print(f"search finished: {out}")
     return 0
 
 
@@ -240,5 +263,5 @@ def cmd_list(args) -> int:
     return 0
 
 
-COMMANDS = {"fit": cmd_fit, "validate": cmd_validate, "evaluate": cmd_evaluate,
+COMMANDS = {"fit": cmd_fit, "tune": cmd_tune, "validate": cmd_validate, "evaluate": cmd_evaluate,
             "predict": cmd_predict, "export": cmd_export, "list": cmd_list}

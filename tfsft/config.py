@@ -154,14 +154,19 @@ def _resolve_paths(raw: dict, cls: type, base: Path) -> dict:
     return out
 
 
+IGNORED_SECTIONS = ("tune",)  # read by `tfsft tune` (tfsft/tune.py), ignored by the others
+
+
 def _merge_layer(merged: dict, layer: dict, origin: str, base: Path, classes: dict,
                  errors: list[str]) -> None:
     """Merge one layer of `{section: {key: value}}` into `merged`, resolving its paths."""
     for section, values in layer.items():
+        if section in IGNORED_SECTIONS:
+            continue
         if section not in classes:
             hint = _suggest(str(section), classes)
             errors.append(f"{origin}: unknown section {show(section)}{hint}; sections are "
-                          f"{', '.join(classes)}")
+                          f"{', '.join([*classes, *IGNORED_SECTIONS])}")
             continue
         if values is None:  # a section whose keys are all commented out
             continue

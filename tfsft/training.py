@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -283,7 +284,8 @@ def train(model, train_ds, val_ds, *, plan: Plan, batch_size: int, run_dir: Path
     steps = int(keras.ops.convert_to_numpy(model.optimizer.iterations))  # before any restore
     if saver.best_epoch is not None:
         model.load_weights(str(saver.best_path))
-    saver.last_path.unlink(missing_ok=True)  # the final model is saved next; keep one copy
+    # the model now holds the weights to keep, saved next as model/: no second copy
+    shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
     return TrainResult([{k: float(v) for k, v in r.items()} for r in rows], saver.best_epoch,
                        seconds, steps)
 

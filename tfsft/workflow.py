@@ -235,7 +235,7 @@ def prepare(task, cfg, splits: Splits) -> Prepared:
 
 
 def fit(task_spec: str, config_files=(), overrides=(), output: str | None = None,
-        overwrite: bool = False, verbose: int | None = None) -> Path:
+        overwrite: bool = False, verbose: int | None = None, save_model: bool = True) -> Path:
     """Train a task end to end; returns the run directory.
 
     Config, data, backbone and model are all checked before the run directory is made, so
@@ -251,7 +251,7 @@ def fit(task_spec: str, config_files=(), overrides=(), output: str | None = None
         log(f"run directory: {run_dir}" + (f" (replaces {target} when finished)"
                                            if run_dir != target else ""))
         try:
-            _fit_in_run(task, folder, cfg, splits, prepared, run_dir, verbose)
+            _fit_in_run(task, folder, cfg, splits, prepared, run_dir, verbose, save_model)
         except BaseException:
             if run_dir != target:
                 log(f"the earlier run at {target} is untouched; this attempt is in {run_dir}")
@@ -260,7 +260,7 @@ def fit(task_spec: str, config_files=(), overrides=(), output: str | None = None
 
 
 def _fit_in_run(task, folder, cfg, splits: Splits, prepared: Prepared, run_dir: Path,
-                verbose) -> None:
+                verbose, save_model: bool = True) -> None:
     """Write the run's files, train, evaluate; the manifest records how it ended."""
     files = {s: data_lib.fingerprint(getattr(cfg.data, s)) for s in ("train", "validation", "test")
              if getattr(cfg.data, s)}
@@ -273,7 +273,7 @@ def _fit_in_run(task, folder, cfg, splits: Splits, prepared: Prepared, run_dir: 
                                             "folder": str(folder) if folder else None})
     runs.write_json(run_dir / "labels.json", splits.label_names)
     try:
-        result = _train_and_evaluate(task, cfg, splits, prepared, run_dir, verbose)
+        result = _train_and_evaluate(task, cfg, splits, prepared, run_dir, verbose, save_model)
     except BaseException as e:
         manifest["status"] = "interrupted" if isinstance(e, KeyboardInterrupt) else "failed"
         manifest["error"] = f"{type(e).__name__}: {e}"[:2000]
@@ -284,7 +284,7 @@ def _fit_in_run(task, folder, cfg, splits: Splits, prepared: Prepared, run_dir: 
 
 
 def _train_and_evaluate(task, cfg, splits: Splits, prepared: Prepared, run_dir: Path,
-                        verbose) -> dict:
+                        verbose, save_model: bool = True) -> dict:
     from tfsft import export, pipeline, training
 
     model, t = prepared.model, cfg.train
@@ -315,7 +315,8 @@ def _train_and_evaluate(task, cfg, splits: Splits, prepared: Prepared, run_dir: 
                f"`train.clip_norm` above 0 (now {t.clip_norm:g}), a longer "
                f"`train.warmup_ratio` (now {t.warmup_ratio:g}), and check the training data "
                "with `tfsft validate`.")
-    export.save_final(model, prepared.backbone, prepared.preprocessor, run_dir / "model")
+    if save_model:
+        export.save_final(model, prepared.backbone, prepared.preprocessor, run_dir / "model")
     metrics = {}
     for split in ("validation", "test"):
         if split in encoded:

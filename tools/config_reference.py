@@ -12,7 +12,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from tfsft import config  # noqa: E402
+from tfsft import config, tune  # noqa: E402
 from tfsft.tasks import load_task  # noqa: E402
 
 
@@ -32,7 +32,10 @@ def render() -> str:
     return "\n".join([
         table(config.SECTIONS), "",
         "`task:` keys of `tasks/classification` (and `tasks/sentiment`, which reuses them):",
-        "", table({"task": task_cls})])
+        "", table({"task": task_cls}), "",
+        "`tune:` keys, read by `tfsft tune` only "
+        "(see [Hyperparameter search](#hyperparameter-search)):",
+        "", table({"tune": tune.TuneConfig})])
 
 
 if __name__ == "__main__":
