@@ -130,3 +130,36 @@ def test_search_is_killed_resumes_and_its_best_config_reproduces(tiny_bert, toy_
     history = [json.loads(x) for x in (tmp_path / "refit" / "history.jsonl").read_text()
                .splitlines()]
     assert max(h["val_accuracy"] for h in history) == pytest.approx(objectives[top], abs=1e-6)
+
+
+def _search(tiny_bert, toy_data, tmp_path, space: str, trials: int):
+    train, dev = toy_data
+    spec = tmp_path / "tune.yaml"
+    spec.write_text(f"tune:\n  max_trials: {trials}\n  epochs_per_trial: 1\n  space:\n{space}")
+    return subprocess.run(
+        [sys.executable, "-m", "tfsft", "tune", "tasks/sentiment", "--config", str(spec),
+         f"model.backbone={tiny_bert}", f"data.train={train}", f"data.validation={dev}",
+         "data.max_length=16", "train.warmup_ratio=0", "train.clip_norm=0",
+         "--output", str(tmp_path / "search")],
+        cwd=REPO, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"), capture_output=True,
+        text=True, timeout=600)
+
+
+def test_a_diverging_trial_fails_and_the_search_goes_on(tiny_bert, toy_data, tmp_path):
+    r = _search(tiny_bert, toy_data, tmp_path,
+                "    train.learning_rate: {choice: [1.0e+30, 1.0e-2]}\n", trials=2)
+    assert r.returncode == 0, r.stderr[-3000:]
+    rows = (tmp_path / "search" / "trials.csv").read_text().splitlines()[1:]
+    assert sorted(row.split(",")[1] for row in rows) == ["COMPLETED", "FAILED"]
+    assert "failed (exit 3); the search goes on" in r.stderr
+    best = c.read_yaml(tmp_path / "search" / "best_config.yaml")
+    assert best["train"]["learning_rate"] == pytest.approx(1e-2)
+
+
+def test_a_trial_with_an_invalid_config_stops_the_search(tiny_bert, toy_data, tmp_path):
+    r = _search(tiny_bert, toy_data, tmp_path,
+                "    train.global_batch_size: {choice: [10]}\n"
+                "    train.grad_accum_steps: {choice: [4]}\n", trials=2)
+    assert r.returncode == 2, r.stderr[-3000:]
+    assert "must be divisible by `train.grad_accum_steps` (4)" in r.stderr
+    assert not list((tmp_path / "search").glob("tune/trial_*/history.jsonl"))
