@@ -163,3 +163,21 @@ def test_a_trial_with_an_invalid_config_stops_the_search(tiny_bert, toy_data, tm
     assert r.returncode == 2, r.stderr[-3000:]
     assert "must be divisible by `train.grad_accum_steps` (4)" in r.stderr
     assert not list((tmp_path / "search").glob("tune/trial_*/history.jsonl"))
+
+
+@pytest.mark.parametrize("algorithm", ["random", "bayesian", "hyperband"])
+def test_every_algorithm_builds_a_search_over_the_declared_space(algorithm, tmp_path):
+    task = load_task(REPO / "tasks" / "classification")
+    tc = tune.load_tune_config({"algorithm": algorithm, "max_trials": 4, "space": {
+        "train.learning_rate": {"log_uniform": [1e-5, 1e-3]},
+        "train.global_batch_size": {"choice": [16, 32]},
+        "model.freeze_layers": {"int": [0, 3]},
+        "model.dropout": {"uniform": [0.0, 0.3]}}}, _checker(task))
+    search = tune.make_search("tasks/classification", [], [], tc, tmp_path, max_epochs=3)
+    trial = search.oracle.create_trial("tuner0")
+    values = trial.hyperparameters.values
+    assert 1e-5 <= values["train.learning_rate"] <= 1e-3
+    assert values["train.global_batch_size"] in (16, 32)
+    assert 0 <= values["model.freeze_layers"] <= 3 and 0 <= values["model.dropout"] <= 0.3
+    if algorithm == "hyperband":
+        assert 1 <= values["tuner/epochs"] <= 3

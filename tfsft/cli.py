@@ -11,6 +11,7 @@ import os
 import signal
 import sys
 import traceback
+from pathlib import Path
 
 from tfsft.errors import UserError
 
@@ -63,10 +64,17 @@ examples:
   echo "a warm, funny film" | python -m tfsft predict runs/sst2
   python -m tfsft predict runs/sst2 --input texts.txt --output predictions.jsonl
 """),
-    "export": ("write a .keras file and a KerasHub preset of a run's model", """\
+    "export": ("export a run's model: SavedModel, .keras, KerasHub preset, model card", """\
 examples:
   python -m tfsft export runs/sst2                       # -> runs/sst2/export/
-  python -m tfsft export runs/sst2 --out exported --format preset
+  python -m tfsft export runs/sst2 --out exported --format saved_model
+"""),
+    "serve": ("serve an exported SavedModel over HTTP (TF Serving's REST API)", """\
+examples:
+  python -m tfsft serve runs/sst2/export                 # http://127.0.0.1:8501
+  curl -d '{"instances": ["a warm, funny film"]}' \\
+      http://127.0.0.1:8501/v1/models/export:predict
+  python -m tfsft serve runs/sst2/export --name sst2 --port 9000
 """),
     "list": ("list the tasks found and the backbones known", """\
 examples:
@@ -89,9 +97,21 @@ def parser() -> argparse.ArgumentParser:
         if name in ("fit", "validate", "tune"):
             p.add_argument("task",
                            help="task folder path (tasks/sentiment) or installed plugin name")
+        elif name == "serve":
+            p.add_argument("export", help="export folder made by `tfsft export` (saved_model)")
+            p.add_argument("--host", default="127.0.0.1",
+                           help="address to bind (default 127.0.0.1: this machine only)")
+            p.add_argument("--port", type=int, default=8501, help="default 8501")
+            p.add_argument("--name", default="", help="model name in the URL (default: "
+                           "the export folder's name)")
+            p.add_argument("--max-batch", type=int, default=64, help="instances per request")
+            p.add_argument("--max-body-bytes", type=int, default=1_000_000)
+        elif name == "predict":
+            p.add_argument("run", help="run directory made by `tfsft fit`, or an export "
+                           "folder with saved_model/")
         elif name != "list":
             p.add_argument("run", help="run directory made by `tfsft fit`")
-        if name != "list":
+        if name not in ("list", "serve"):
             p.add_argument("overrides", nargs="*", metavar="section.key=value",
                            help="config overrides, applied last")
             p.add_argument("--config", action="append", default=[], metavar="FILE",
@@ -116,8 +136,9 @@ def parser() -> argparse.ArgumentParser:
             p.add_argument("--output", default="-", help="JSONL file or - for stdout (default)")
         if name == "export":
             p.add_argument("--out", help="export folder (default RUN/export)")
-            p.add_argument("--format", default="keras,preset",
-                           help="comma-separated: keras, preset (default: both)")
+            p.add_argument("--format", default="saved_model,keras,preset",
+                           help="comma-separated: saved_model (raw strings in, for TF "
+                           "Serving), keras, preset (default: all three)")
             p.add_argument("--overwrite", action="store_true")
     return top
 
@@ -215,12 +236,18 @@ def cmd_evaluate(args) -> int:
 def cmd_predict(args) -> int:
     from tfsft import workflow
 
+    export_dir = Path(args.run)
+    if (export_dir / "saved_model" / "saved_model.pb").exists() or \
+            (export_dir / "saved_model.pb").exists():
+        rows = workflow.predict_export(export_dir, args.input)
+    else:
+        rows = workflow.predict(args.run, args.input, args.config, args.overrides)
     if args.output != "-" and args.input != "-" and os.path.exists(args.output) and \
             os.path.samefile(args.input, args.output):
         raise UserError(f"--output {args.output} is the input file; choose another output")
     out = sys.stdout if args.output == "-" else open(args.output, "w", encoding="utf-8")
     try:
-        for row in workflow.predict(args.run, args.input, args.config, args.overrides):
+        for row in rows:
             out.write(json.dumps(row, ensure_ascii=False) + "\n")
     finally:
         if out is not sys.stdout:
@@ -228,13 +255,33 @@ def cmd_predict(args) -> int:
     return 0
 
 
+def cmd_serve(args) -> int:
+    from tfsft import serve
+
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"tfsft serve: warning: binding {args.host} makes the model reachable from "
+              "other machines; there is no authentication", file=sys.stderr)
+    server = serve.make_server(Path(args.export), args.host, args.port, args.name,
+                               args.max_body_bytes, args.max_batch)
+    host, port = server.server_address[:2]
+    print(f"serving {args.export} as {server.model_name!r} on http://{host}:{port}"
+          f"/v1/models/{server.model_name}:predict (Ctrl-C to stop)", file=sys.stderr,
+          flush=True)
+    try:
+        server.serve_forever()
+    finally:
+        server.server_close()
+    return 0
+
+
 def cmd_export(args) -> int:
     from tfsft import workflow
 
     formats = [f.strip() for f in args.format.split(",") if f.strip()]
-    bad = [f for f in formats if f not in ("keras", "preset")]
+    bad = [f for f in formats if f not in ("saved_model", "keras", "preset")]
     if bad or not formats:
-        raise UserError(f"--format {args.format!r}: expected keras, preset or keras,preset")
+        raise UserError(f"--format {args.format!r}: expected a comma-separated list of "
+                        "saved_model, keras, preset")
     for path in workflow.export_run(args.run, args.out, formats, args.overwrite, args.config,
                                     args.overrides):
         print(f"wrote {path}")
@@ -263,5 +310,5 @@ def cmd_list(args) -> int:
     return 0
 
 
-COMMANDS = {"fit": cmd_fit, "tune": cmd_tune, "validate": cmd_validate, "evaluate": cmd_evaluate,
+COMMANDS = {"fit": cmd_fit, "tune": cmd_tune, "serve": cmd_serve, "validate": cmd_validate, "evaluate": cmd_evaluate,
             "predict": cmd_predict, "export": cmd_export, "list": cmd_list}

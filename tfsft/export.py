@@ -132,3 +132,42 @@ def export_preset(model, backbone, preprocessor, folder: Path) -> Path:
     else:
         save_final(model, backbone, preprocessor, folder)
     return folder
+
+
+def export_saved_model(model, preprocessor, outputs_fn, folder: Path) -> Path:
+    """A SavedModel whose `serving_default` signature takes a batch of raw strings
+    (`text`: tf.string [batch]) and returns `outputs_fn(logits)`, with tokenisation inside
+    the graph: TF Serving or `tf.saved_model.load` need no tfsft code, only the
+    `tensorflow_text` ops (`import tensorflow_text` before loading). No optimizer state."""
+    import keras
+    import tensorflow as tf
+
+    folder = Path(folder)
+    preprocessor(tf.constant(["build"]))  # builds it (and its lookup tables) for tracking
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    archive.track(preprocessor)
+
+    def serve(text):
+        features = preprocessor(text)
+        if isinstance(features, tuple):  # (x, y, sample_weight) packing
+            features = features[0]
+        logits = model(features, training=False)
+        return outputs_fn(logits)
+
+    archive.add_endpoint("serving_default", serve,
+                         input_signature=[tf.TensorSpec([None], tf.string, name="text")])
+    tmp = folder.with_name(f".{folder.name}.tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        archive.write_out(str(tmp), verbose=False)
+        if folder.exists():
+            old = folder.with_name(f".{folder.name}.old{os.getpid()}")
+            os.replace(folder, old)
+            shutil.rmtree(old, ignore_errors=True)
+        os.replace(tmp, folder)
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise RunDirError(f"could not write {folder}: {e.strerror or e}; nothing partial was "
+                          "left there") from e
+    return folder

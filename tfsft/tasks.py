@@ -31,8 +31,12 @@ names the plugin and the member):
     report(task_cfg, label_names, targets, logits) -> dict
         Evaluation report of one split (accuracy, precision/recall/F1, confusion matrix).
 
-Optional: class_weights(task_cfg, targets, num_labels) -> per-example weights, used by
-`train.class_weights: balanced`.
+Optional:
+    class_weights(task_cfg, targets, num_labels) -> per-example weights, used by
+        `train.class_weights: balanced`.
+    serving_outputs(task_cfg, label_names, logits: tf.Tensor) -> dict[str, tf.Tensor]
+        The outputs of `export --format saved_model` (TensorFlow ops on a batch of
+        logits); without it that format is refused for the task.
 """
 
 from __future__ import annotations

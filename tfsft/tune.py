@@ -48,8 +48,8 @@ class TuneConfig:
     objective: str = "val_accuracy"  # validation metric to optimise (val_loss, val_accuracy...)
     direction: Literal["auto", "max", "min"] = "auto"  # auto: min for losses, else max
     algorithm: Literal["random", "bayesian", "hyperband"] = "random"  # Keras Tuner oracle
-    max_trials: int = 10  # trials to run (hyperband: an upper bound)
-    epochs_per_trial: int = 0  # train.epochs of each trial (0: the config's); hyperband: max
+    max_trials: int = 10  # trials to run (random, bayesian; hyperband's follow from its epochs)
+    epochs_per_trial: int = 0  # train.epochs of each trial (0: the config's); hyperband: the most
     seed: int = 0  # seed of the search algorithm (trials use train.seed)
     space: dict = field(default_factory=dict)  # config key -> {log_uniform|uniform|int|choice}
 
@@ -142,6 +142,14 @@ def run(task_spec: str, config_files=(), overrides=(), output: str | None = None
         return []
 
     tc = load_tune_config(raw, check_key)
+    if tc.algorithm == "bayesian":
+        try:
+            import scipy  # noqa: F401
+            import sklearn  # noqa: F401
+        except ImportError:
+            raise ConfigError("`tune.algorithm: bayesian` needs scipy and scikit-learn "
+                              "(Keras Tuner's Gaussian process): pip install scipy "
+                              "scikit-learn, or use random or hyperband") from None
     metric_names = ["val_loss"] + [f"val_{m.name}" for m in task.metrics(cfg.task)]
     if tc.objective not in metric_names:
         raise ConfigError(f"`tune.objective` ({tc.objective!r}) is not a validation metric of "
@@ -152,7 +160,8 @@ def run(task_spec: str, config_files=(), overrides=(), output: str | None = None
                 "overrides": list(base_overrides), "tune": asdict(tc)}
     _prepare_dir(out, declared, overwrite)
     with runs.locked(out):
-        search = _make_search(task_spec, config_files, base_overrides, tc, out)
+        search = make_search(task_spec, config_files, base_overrides, tc, out,
+                             max_epochs=tc.epochs_per_trial or cfg.train.epochs)
         remaining = search.remaining_trials
         log(f"search directory: {out} ({tc.algorithm}, {tc.max_trials} trials, "
             f"objective {tc.objective} ({direction(tc)}); {remaining} to run)")
@@ -244,7 +253,9 @@ def _hyperparameters(tc: TuneConfig):
     return hp
 
 
-def _make_search(task_spec, config_files, base_overrides, tc: TuneConfig, out: Path):
+def make_search(task_spec, config_files, base_overrides, tc: TuneConfig, out: Path,
+                max_epochs: int):
+    """A Keras Tuner BaseTuner whose trials are `tfsft fit` subprocesses."""
     import keras_tuner as kt
 
     objective = kt.Objective(tc.objective, direction(tc))
@@ -252,7 +263,7 @@ def _make_search(task_spec, config_files, base_overrides, tc: TuneConfig, out: P
                   tune_new_entries=False, allow_new_entries=False,
                   max_consecutive_failed_trials=tc.max_trials + 1)
     if tc.algorithm == "hyperband":
-        oracle = kt.oracles.HyperbandOracle(max_epochs=max(tc.epochs_per_trial, 2), **common)
+        oracle = kt.oracles.HyperbandOracle(max_epochs=max(max_epochs, 2), **common)
     elif tc.algorithm == "bayesian":
         oracle = kt.oracles.BayesianOptimizationOracle(max_trials=tc.max_trials, **common)
     else:

@@ -449,23 +449,64 @@ def predict(run_dir: Path, input_path: str = "-", config_files=(), overrides=())
         yield {"text": text, **out}
 
 
+def predict_export(folder: Path, input_path: str = "-", batch_size: int = 64):
+    """Yield one output dict per input row, from an export's SavedModel (no task plugin:
+    the input is text lines, or JSONL / a data file with a `text` field)."""
+    from tfsft import serve
+
+    signature, labels = serve.load_export(Path(folder))
+    rows = read_predict_input(input_path)
+    texts, problems = [], []
+    for fields, where in zip(rows.fields, rows.where):
+        text = fields.get("text")
+        if not isinstance(text, str):
+            problems.append(f"{where}: needs a `text` field holding a string")
+        texts.append(text)
+    if problems:
+        raise DataError(problems)
+    for start in range(0, len(texts), batch_size):
+        chunk = texts[start:start + batch_size]
+        for text, out in zip(chunk, serve.predict_texts(signature, chunk, labels)):
+            yield {"text": text, **out}
+
+
 def export_run(run_dir: Path, out: Path | None, formats: list[str], overwrite: bool = False,
                config_files=(), overrides=()):
-    from tfsft import export
+    """Write the chosen formats and a model card (README.md) into `out` (default RUN/export)."""
+    from tfsft import export, modelcard
 
     task, cfg, label_names, model, preprocessor = load_run(run_dir, config_files, overrides)
     out = Path(out) if out else Path(run_dir) / "export"
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise ConfigError(f"{out} exists and is not empty; choose --out or pass --overwrite")
+    if "saved_model" in formats:
+        if not hasattr(task, "serving_outputs"):
+            raise ConfigError(f"task {task.name!r} does not define serving outputs; export it "
+                              "with --format keras,preset")
+        if getattr(cfg.task, "text_pair_field", ""):
+            raise ConfigError("--format saved_model takes one text per example; sentence-pair "
+                              "models (`task.text_pair_field`) export with --format keras,preset")
     written = []
     with runs.locked(Path(run_dir)):  # no fit may replace the run while it is exported
         out.mkdir(parents=True, exist_ok=True)
+        if "saved_model" in formats:
+            written.append(export.export_saved_model(
+                model, preprocessor,
+                lambda logits: task.serving_outputs(cfg.task, label_names, logits),
+                out / "saved_model"))
         if "keras" in formats:
             written.append(export.export_keras(model, out / "model.keras"))
         if "preset" in formats:
             written.append(export.export_preset(model, model_backbone(model), preprocessor,
                                                 out / "preset"))
         runs.write_json(out / "labels.json", label_names)
+        runs.write_json(out / "export.json", {"task": task.name, "formats": formats,
+                                              "run": str(Path(run_dir).resolve()),
+                                              "max_length": cfg.data.max_length})
+        card = out / "README.md"
+        runs.write_text(card, modelcard.render(Path(run_dir), task.name, cfg, label_names,
+                                               written))
+        written.append(card)
     return written
 
 

@@ -238,6 +238,20 @@ def decode(cfg: ClassificationConfig, label_names: list[str], logits: np.ndarray
     return out
 
 
+def serving_outputs(cfg: ClassificationConfig, label_names: list[str], logits) -> dict:
+    """The SavedModel's outputs, as graph ops on the logits (see tfsft/export.py)."""
+    import tensorflow as tf
+
+    if cfg.multi_label:
+        probs = tf.sigmoid(logits)
+        return {"probabilities": probs,
+                "predicted": tf.cast(probs >= cfg.threshold, tf.int32)}  # multi-hot
+    probs = tf.nn.softmax(logits, axis=-1)
+    ids = tf.argmax(probs, axis=-1, output_type=tf.int32)
+    return {"probabilities": probs, "label_id": ids,
+            "label": tf.gather(tf.constant(label_names), ids)}
+
+
 def report(cfg: ClassificationConfig, label_names: list[str], targets: np.ndarray,
            logits: np.ndarray) -> dict:
     from tfsft import metrics as m
@@ -264,6 +278,7 @@ class ClassificationTask:
     metrics = staticmethod(metrics)
     decode = staticmethod(decode)
     report = staticmethod(report)
+    serving_outputs = staticmethod(serving_outputs)
 
     def __init__(self, name: str = "classification"):
         self.name = name

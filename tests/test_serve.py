@@ -1,0 +1,151 @@
+"""SavedModel export (raw strings in) and the HTTP server, on tiny backbones."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import write_sentiment_tsv
+
+REPO = Path(__file__).resolve().parents[1]
+ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+TEXTS = ["the film was good and great", "an awful and dull show", "fine", "bad bad bad",
+         "a very nice food show, really superb!", "no known words here at all", ""]
+
+
+def cli(*args, stdin=None):
+    return subprocess.run([sys.executable, "-m", "tfsft", *map(str, args)], cwd=REPO, env=ENV,
+                          input=stdin, capture_output=True, text=True, timeout=600)
+
+
+@pytest.fixture(scope="module", params=["tiny_bert", "tiny_gpt2"])
+def exported(request, tmp_path_factory):
+    backbone = request.getfixturevalue(request.param)
+    tmp = tmp_path_factory.mktemp(f"serve_{request.param}")
+    train = write_sentiment_tsv(tmp / "train.tsv", 64, 1)
+    dev = write_sentiment_tsv(tmp / "dev.tsv", 24, 2)
+    run = tmp / "run"
+    r = cli("fit", "tasks/sentiment", f"model.backbone={backbone}", f"data.train={train}",
+            f"data.validation={dev}", "data.max_length=16", "train.epochs=6",
+            "train.global_batch_size=8", "train.learning_rate=2e-2", "model.dropout=0.0",
+            "--output", run, "--quiet")
+    assert r.returncode == 0, r.stderr[-3000:]
+    r = cli("export", run, "--format", "saved_model")
+    assert r.returncode == 0, r.stderr[-3000:]
+    return run, run / "export"
+
+
+def test_saved_model_in_a_fresh_process_without_tfsft_matches_predict(exported):
+    run, export = exported
+    code = (
+        "import json, sys\n"
+        "import tensorflow as tf, tensorflow_text\n"
+        f"m = tf.saved_model.load({str(export / 'saved_model')!r})\n"
+        "out = m.signatures['serving_default'](text=tf.constant(json.loads(sys.argv[1])))\n"
+        "assert 'tfsft' not in sys.modules\n"
+        "print(json.dumps({k: v.numpy().tolist() if v.dtype != tf.string else "
+        "[x.decode() for x in v.numpy()] for k, v in out.items()}))\n")
+    r = subprocess.run([sys.executable, "-c", code, json.dumps(TEXTS)], env=ENV,
+                       capture_output=True, text=True, timeout=600, cwd="/")
+    assert r.returncode == 0, r.stderr[-3000:]
+    saved = json.loads(r.stdout.strip().splitlines()[-1])
+    p = cli("predict", run, stdin="\n".join(t or " " for t in TEXTS[:-1]) + "\n")
+    assert p.returncode == 0, p.stderr[-3000:]
+    rows = [json.loads(x) for x in p.stdout.splitlines()]
+    labels = json.loads((export / "labels.json").read_text())
+    assert len(rows) == len(TEXTS) - 1
+    for i, row in enumerate(rows):
+        assert saved["label"][i] == row["label"]
+        assert saved["label_id"][i] == labels.index(row["label"])
+        for name, prob in zip(labels, saved["probabilities"][i]):
+            assert prob == pytest.approx(row["scores"][name], abs=1e-5)
+    assert len(saved["label"]) == len(TEXTS)  # an empty string is served too
+    assert len(set(saved["label"])) == 2  # a trained model: both labels occur
+
+
+def test_predict_accepts_an_export_and_the_model_card_is_complete(exported):
+    run, export = exported
+    p = cli("predict", export, stdin="the film was good\nawful show\n")
+    assert p.returncode == 0, p.stderr[-3000:]
+    rows = [json.loads(x) for x in p.stdout.splitlines()]
+    assert [set(r) >= {"text", "label", "label_id", "probabilities", "scores"} for r in rows] \
+        == [True, True]
+    card = (export / "README.md").read_text()
+    metrics = json.loads((run / "metrics.json").read_text())
+    for section in ["## Labels", "## Training data", "## Evaluation", "## Hyperparameters",
+                    "## How it was made", "## Intended use and limits", "tensorflow_text"]:
+        assert section in card, section
+    assert f"{metrics['validation']['accuracy']:.4f}" in card
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert manifest["data"]["train"]["sha256"] in card
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(exported):
+    _, export = exported
+    port = _free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "tfsft", "serve", str(export), "--port",
+                             str(port), "--name", "toy", "--max-body-bytes", "2000",
+                             "--max-batch", "8"], cwd=REPO, env=ENV,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while True:
+        line = proc.stderr.readline()
+        assert line and time.time() < deadline, "server did not start"
+        if line.startswith("serving "):
+            assert "http://127.0.0.1:" in line  # loopback by default
+            break
+    yield port
+    proc.terminate()
+    proc.wait(timeout=60)
+
+
+def request(port, method, path, body: bytes | None = None, headers=None):
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    conn.request(method, path, body=body, headers=headers or {})
+    resp = conn.getresponse()
+    data = json.loads(resp.read() or b"{}")
+    conn.close()
+    return resp.status, data
+
+
+def test_server_answers_like_tf_serving_and_survives_bad_requests(server, exported):
+    port = server
+    status, data = request(port, "GET", "/v1/models/toy")
+    assert status == 200 and data["model_version_status"][0]["state"] == "AVAILABLE"
+    good = json.dumps({"instances": ["the film was good", {"text": "awful show"}]}).encode()
+    status, data = request(port, "POST", "/v1/models/toy:predict", good)
+    assert status == 200 and len(data["predictions"]) == 2
+    first = data["predictions"]
+    bad = {
+        "malformed JSON": b'{"instances": ["unclosed',
+        "not UTF-8": b'{"instances": ["\xff"]}',
+        "wrong field": json.dumps({"inputs": ["x"]}).encode(),
+        "wrong type": json.dumps({"instances": [1, 2]}).encode(),
+        "nested list": json.dumps({"instances": [["a"]]}).encode(),
+        "empty instances": json.dumps({"instances": []}).encode(),
+        "too many": json.dumps({"instances": ["x"] * 9}).encode(),
+        "over-limit body": json.dumps({"instances": ["x" * 3000]}).encode(),
+        "not an object": b"[1, 2, 3]",
+    }
+    for what, body in bad.items():
+        status, data = request(port, "POST", "/v1/models/toy:predict", body)
+        assert status == 400 and data["error"], what
+        status, data = request(port, "POST", "/v1/models/toy:predict", good)  # still serving
+        assert status == 200 and data["predictions"] == first, what
+    status, _ = request(port, "POST", "/v1/models/other:predict", good)
+    assert status == 404

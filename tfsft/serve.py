@@ -1,0 +1,173 @@
+"""`tfsft serve EXPORT_DIR`: a small HTTP server speaking TF Serving's REST predict API.
+
+    POST /v1/models/<name>:predict   {"instances": ["text", ...]}  (or [{"text": ...}, ...])
+      -> {"predictions": [{"label": ..., "label_id": ..., "probabilities": [...]}, ...]}
+    GET  /v1/models/<name>           model status, as TF Serving reports it
+
+Binds to 127.0.0.1 by default. Requests are bounded (body bytes, instances per request,
+characters per text); anything malformed gets a 400 with an `error` message, and the
+server keeps serving. Predictions run one batch at a time.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import numpy as np
+
+from tfsft.errors import RunDirError, UserError
+
+MAX_BODY_BYTES = 1_000_000
+MAX_INSTANCES = 64
+MAX_TEXT_CHARS = 20_000
+
+
+class BadRequest(ValueError):
+    pass
+
+
+def load_export(folder: Path):
+    """(serving signature, label names) of an export folder with `saved_model/`."""
+    folder = Path(folder)
+    saved = folder / "saved_model" if (folder / "saved_model").is_dir() else folder
+    if not (saved / "saved_model.pb").exists():
+        raise RunDirError(f"{folder} holds no SavedModel (saved_model/saved_model.pb); "
+                          "make one with: tfsft export RUN --format saved_model")
+    from tfsft import quiet
+
+    quiet.import_tensorflow_quietly()
+    import tensorflow as tf
+    import tensorflow_text  # noqa: F401  registers the tokeniser ops the graph uses
+
+    signature = tf.saved_model.load(str(saved)).signatures["serving_default"]
+    labels_path = (saved.parent if saved != folder else folder) / "labels.json"
+    labels = json.loads(labels_path.read_text()) if labels_path.exists() else None
+    return signature, labels
+
+
+def predict_texts(signature, texts: list[str], labels: list[str] | None) -> list[dict]:
+    """Rows of JSON-ready outputs for a batch of texts."""
+    import tensorflow as tf
+
+    outputs = signature(text=tf.constant(texts, dtype=tf.string))
+    rows = [{} for _ in texts]
+    for key, tensor in outputs.items():
+        values = tensor.numpy()
+        for row, value in zip(rows, values):
+            if isinstance(value, bytes):
+                row[key] = value.decode("utf-8")
+            elif isinstance(value, np.ndarray):
+                row[key] = [round(float(v), 6) if value.dtype.kind == "f" else int(v)
+                            for v in value]
+            else:
+                row[key] = float(value) if np.asarray(value).dtype.kind == "f" else int(value)
+    if labels:
+        for row in rows:
+            if "probabilities" in row:
+                row["scores"] = dict(zip(labels, row["probabilities"]))
+    return rows
+
+
+def parse_instances(body: bytes, max_instances: int, max_chars: int) -> list[str]:
+    try:
+        request = json.loads(body.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise BadRequest(f"body is not valid UTF-8 JSON: {e}") from None
+    except RecursionError:
+        raise BadRequest("JSON nested too deeply") from None
+    if not isinstance(request, dict) or "instances" not in request:
+        raise BadRequest('expected a JSON object {"instances": ["text", ...]}')
+    instances = request["instances"]
+    if not isinstance(instances, list) or not instances:
+        raise BadRequest('"instances" must be a non-empty list of strings')
+    if len(instances) > max_instances:
+        raise BadRequest(f"{len(instances)} instances: at most {max_instances} per request")
+    texts = []
+    for i, item in enumerate(instances):
+        if isinstance(item, dict):
+            item = item.get("text")
+        if not isinstance(item, str):
+            raise BadRequest(f"instances[{i}] must be a string (or {{\"text\": string}}), "
+                             f"got {type(item).__name__}")
+        if len(item) > max_chars:
+            raise BadRequest(f"instances[{i}] has {len(item)} characters: at most {max_chars}")
+        texts.append(item)
+    return texts
+
+
+def make_server(folder: Path, host: str = "127.0.0.1", port: int = 8501, name: str = "",
+                max_body: int = MAX_BODY_BYTES, max_instances: int = MAX_INSTANCES,
+                max_chars: int = MAX_TEXT_CHARS) -> ThreadingHTTPServer:
+    signature, labels = load_export(folder)
+    name = name or Path(folder).resolve().name
+    predict_texts(signature, ["warm up"], labels)  # trace and load before the first request
+    lock = threading.Lock()
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def _send(self, code: int, payload: dict) -> None:
+            data = json.dumps(payload, ensure_ascii=False).encode("utf-8")
+            self.send_response(code)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, fmt, *args):  # one line per request on stderr
+            sys.stderr.write(f"[tfsft serve] {self.address_string()} {fmt % args}\n")
+
+        def do_GET(self):
+            if self.path.rstrip("/") != f"/v1/models/{name}":
+                return self._send(404, {"error": f"unknown path {self.path}; the model is "
+                                                 f"/v1/models/{name}"})
+            self._send(200, {"model_version_status": [{
+                "version": "1", "state": "AVAILABLE",
+                "status": {"error_code": "OK", "error_message": ""}}]})
+
+        def do_POST(self):
+            if self.path != f"/v1/models/{name}:predict":
+                self._drain()
+                return self._send(404, {"error": f"unknown path {self.path}; POST to "
+                                                 f"/v1/models/{name}:predict"})
+            try:
+                length = int(self.headers.get("Content-Length", ""))
+            except ValueError:
+                self.close_connection = True
+                return self._send(400, {"error": "a Content-Length header is required"})
+            if length > max_body:
+                self.close_connection = True  # do not read an oversized body
+                return self._send(400, {"error": f"body of {length} bytes: at most "
+                                                 f"{max_body}"})
+            body = self.rfile.read(length)
+            try:
+                texts = parse_instances(body, max_instances, max_chars)
+            except BadRequest as e:
+                return self._send(400, {"error": str(e)})
+            try:
+                with lock:
+                    rows = predict_texts(signature, texts, labels)
+            except Exception as e:  # keep serving; report what failed
+                return self._send(500, {"error": f"prediction failed: {type(e).__name__}: {e}"})
+            self._send(200, {"predictions": rows})
+
+        def _drain(self):
+            try:
+                length = min(int(self.headers.get("Content-Length", "0")), max_body)
+            except ValueError:
+                length = 0
+            if length:
+                self.rfile.read(length)
+
+    try:
+        server = ThreadingHTTPServer((host, port), Handler)
+    except OSError as e:
+        raise UserError(f"cannot listen on {host}:{port}: {e.strerror or e}; choose another "
+                        "--port") from None
+    server.daemon_threads = True
+    server.model_name = name
+    return server
