@@ -149,3 +149,21 @@ def test_server_answers_like_tf_serving_and_survives_bad_requests(server, export
         assert status == 200 and data["predictions"] == first, what
     status, _ = request(port, "POST", "/v1/models/other:predict", good)
     assert status == 404
+
+
+def test_saved_model_stores_each_weight_once(exported):
+    """keras-team/keras#23553: tracking the model in an ExportArchive stores every weight
+    twice; the export must hold exactly the model's parameters."""
+    import keras_hub
+    import numpy as np
+    import tensorflow as tf
+
+    run, export = exported
+    reader = tf.train.load_checkpoint(str(export / "saved_model" / "variables" / "variables"))
+    dtypes = reader.get_variable_to_dtype_map()
+    stored = sum(int(np.prod(shape)) for key, shape in reader.get_variable_to_shape_map().items()
+                 if dtypes[key].is_floating)
+    head = np.load(run / "model" / "head.npz", allow_pickle=False)
+    params = keras_hub.models.Backbone.from_preset(str(run / "model")).count_params() + sum(
+        head[k].size for k in head.files)
+    assert stored == params
