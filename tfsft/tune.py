@@ -154,6 +154,7 @@ def run(task_spec: str, config_files=(), overrides=(), output: str | None = None
     if tc.objective not in metric_names:
         raise ConfigError(f"`tune.objective` ({tc.objective!r}) is not a validation metric of "
                           f"task {task.name!r}; choose one of {', '.join(metric_names)}")
+    workflow.read_splits(task, cfg)  # bad data stops the search before its first trial
     out = Path(output) if output else Path("runs") / f"{task.name}-tune"
     declared = {"task": str(folder or task_spec), "config_files": [str(Path(f).resolve())
                                                                  for f in config_files],

@@ -20,6 +20,7 @@ def table(classes: dict) -> str:
     lines = ["| key | type | default | meaning |", "|---|---|---|---|"]
     for key, kind, default, comment in config.reference(classes):
         shown = list(default) if isinstance(default, tuple) else default
+        comment = comment.replace("|", "\\|")  # a pipe would split the table cell
         lines.append(f"| `{key}` | {kind} | `{shown!r}` | {comment} |")
     return "\n".join(lines)
 
