@@ -48,6 +48,12 @@ examples:
   python -m tfsft tune tasks/sentiment --config configs/tune-sentiment.yaml --overwrite
 Re-running the same command resumes the search where it stopped.
 """),
+    "data": ("inspect a task's data: duplicates, leakage, lengths, suspicious rows", """\
+examples:
+  python -m tfsft data inspect tasks/sentiment
+  python -m tfsft data inspect tasks/sentiment --config configs/sst2.yaml --out reports/sst2
+  python -m tfsft data inspect tasks/classification data.train=train.tsv --json
+"""),
     "validate": ("check config and data without training", """\
 examples:
   python -m tfsft validate tasks/sentiment
@@ -94,7 +100,9 @@ def parser() -> argparse.ArgumentParser:
     for name, (summary, examples) in HELP.items():
         p = sub.add_parser(name, help=summary, description=summary, epilog=examples,
                            formatter_class=argparse.RawDescriptionHelpFormatter)
-        if name in ("fit", "validate", "tune"):
+        if name == "data":
+            p.add_argument("action", choices=["inspect"], help="inspect: report on the data")
+        if name in ("fit", "validate", "tune", "data"):
             p.add_argument("task",
                            help="task folder path (tasks/sentiment) or installed plugin name")
         elif name == "serve":
@@ -124,6 +132,11 @@ def parser() -> argparse.ArgumentParser:
             p.add_argument("--quiet", action="store_true", help="one line per epoch")
             p.add_argument("--no-model", action="store_true",
                            help="do not write model/ (metrics only; tune trials use this)")
+        if name == "data":
+            p.add_argument("--out", help="also write inspect.json and token_lengths.png here")
+            p.add_argument("--json", action="store_true", help="print the report as JSON")
+            p.add_argument("--near-threshold", type=float, default=0.8,
+                           help="Jaccard similarity of character 5-grams for near duplicates")
         if name == "tune":
             p.add_argument("--output", help="search directory (default runs/<task>-tune)")
             p.add_argument("--overwrite", action="store_true",
@@ -208,6 +221,32 @@ def cmd_tune(args) -> int:
 
     out = tune.run(args.task, args.config, args.overrides, args.output, args.overwrite)
     print(f"search finished: {out}")
+    return 0
+
+
+def cmd_data(args) -> int:
+    from tfsft import backbones, datareport, quiet, runs, workflow
+
+    if not 0.0 < args.near_threshold <= 1.0:
+        raise UserError(f"--near-threshold {args.near_threshold} must be in (0, 1]")
+    task, _, cfg = workflow.load_task_and_config(args.task, args.config, args.overrides)
+    splits = workflow.read_splits(task, cfg)
+    exs = {n: getattr(splits, n) for n in ("train", "validation", "test")
+           if getattr(splits, n) is not None}
+    if splits.carved:
+        exs.pop("validation")  # carved from train: nothing to compare
+    quiet.import_tensorflow_quietly()
+    _, preprocessor = backbones.load(cfg.model.backbone, cfg.data.max_length)
+    encoded = {n: task.encode_inputs(cfg.task, preprocessor, ex) for n, ex in exs.items()}
+    report = datareport.inspect(exs, encoded, cfg.data.max_length, args.near_threshold)
+    if args.out:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        runs.write_json(out / "inspect.json", report)
+        datareport.plot_token_lengths(encoded, cfg.data.max_length, out / "token_lengths.png")
+        print(f"wrote {out / 'inspect.json'} and {out / 'token_lengths.png'}", file=sys.stderr)
+    print(json.dumps(report, indent=2, ensure_ascii=False) if args.json
+          else datareport.format_report(report))
     return 0
 
 
@@ -310,5 +349,6 @@ def cmd_list(args) -> int:
     return 0
 
 
-COMMANDS = {"fit": cmd_fit, "tune": cmd_tune, "serve": cmd_serve, "validate": cmd_validate, "evaluate": cmd_evaluate,
+COMMANDS = {"fit": cmd_fit, "tune": cmd_tune, "serve": cmd_serve, "data": cmd_data,
+            "validate": cmd_validate, "evaluate": cmd_evaluate,
             "predict": cmd_predict, "export": cmd_export, "list": cmd_list}
