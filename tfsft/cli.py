@@ -53,6 +53,7 @@ examples:
   python -m tfsft data inspect tasks/sentiment
   python -m tfsft data inspect tasks/sentiment --config configs/sst2.yaml --out reports/sst2
   python -m tfsft data inspect tasks/classification data.train=train.tsv --json
+  python -m tfsft data split all.tsv --ratios 0.8,0.1,0.1 --stratify label --out data/
 """),
     "validate": ("check config and data without training", """\
 examples:
@@ -101,8 +102,12 @@ def parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=summary, description=summary, epilog=examples,
                            formatter_class=argparse.RawDescriptionHelpFormatter)
         if name == "data":
-            p.add_argument("action", choices=["inspect"], help="inspect: report on the data")
-        if name in ("fit", "validate", "tune", "data"):
+            p.add_argument("action", choices=["inspect", "split"],
+                           help="inspect TASK: report on its data; split FILE: write "
+                           "train/validation/test files")
+            p.add_argument("task", metavar="TASK|FILE",
+                           help="task folder (inspect) or data file (split)")
+        if name in ("fit", "validate", "tune"):
             p.add_argument("task",
                            help="task folder path (tasks/sentiment) or installed plugin name")
         elif name == "serve":
@@ -117,7 +122,7 @@ def parser() -> argparse.ArgumentParser:
         elif name == "predict":
             p.add_argument("run", help="run directory made by `tfsft fit`, or an export "
                            "folder with saved_model/")
-        elif name != "list":
+        elif name not in ("list", "data"):
             p.add_argument("run", help="run directory made by `tfsft fit`")
         if name not in ("list", "serve"):
             p.add_argument("overrides", nargs="*", metavar="section.key=value",
@@ -137,6 +142,17 @@ def parser() -> argparse.ArgumentParser:
             p.add_argument("--json", action="store_true", help="print the report as JSON")
             p.add_argument("--near-threshold", type=float, default=0.8,
                            help="Jaccard similarity of character 5-grams for near duplicates")
+            p.add_argument("--ratios", default="0.8,0.1,0.1",
+                           help="split: train,validation[,test] shares (default 0.8,0.1,0.1)")
+            p.add_argument("--seed", type=int, default=42, help="split: seed (default 42)")
+            p.add_argument("--stratify", default="", metavar="FIELD",
+                           help="split: keep this field's (label's) proportions in each split")
+            p.add_argument("--text-field", default="text",
+                           help="split: field whose duplicates stay together (default text)")
+            p.add_argument("--quoting", choices=["none", "csv"], default="none",
+                           help="split: TSV quoting, as data.quoting")
+            p.add_argument("--overwrite", action="store_true",
+                           help="split: replace existing split files")
         if name == "tune":
             p.add_argument("--output", help="search directory (default runs/<task>-tune)")
             p.add_argument("--overwrite", action="store_true",
@@ -229,6 +245,18 @@ def cmd_data(args) -> int:
 
     if not 0.0 < args.near_threshold <= 1.0:
         raise UserError(f"--near-threshold {args.near_threshold} must be in (0, 1]")
+    if args.action == "split":
+        from tfsft import splitting
+
+        if args.overrides or args.config:
+            raise UserError("data split takes no config or overrides; use its options")
+        result = splitting.split_file(args.task, splitting.parse_ratios(args.ratios),
+                                      args.seed, args.stratify, args.text_field, args.out,
+                                      args.overwrite, args.quoting, args.near_threshold)
+        for name, info in result["splits"].items():
+            print(f"wrote {info['path']} ({info['rows']} rows)", file=sys.stderr)
+        print(json.dumps(result, indent=2))
+        return 0
     task, _, cfg = workflow.load_task_and_config(args.task, args.config, args.overrides)
     splits = workflow.read_splits(task, cfg)
     exs = {n: getattr(splits, n) for n in ("train", "validation", "test")
