@@ -301,12 +301,10 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_predict(args) -> int:
-    from tfsft import workflow
+    from tfsft import serve, workflow
 
-    export_dir = Path(args.run)
-    if (export_dir / "saved_model" / "saved_model.pb").exists() or \
-            (export_dir / "saved_model.pb").exists():
-        rows = workflow.predict_export(export_dir, args.input)
+    if serve.saved_model_dir(Path(args.run)) is not None:
+        rows = workflow.predict_export(Path(args.run), args.input)
     else:
         rows = workflow.predict(args.run, args.input, args.config, args.overrides)
     if args.output != "-" and args.input != "-" and os.path.exists(args.output) and \

@@ -8,6 +8,7 @@ No optimizer state is saved anywhere: with AdamW it would triple the size.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 from pathlib import Path
@@ -21,26 +22,20 @@ def head_layers(model, backbone) -> list:
     return [layer for layer in model.layers if layer is not backbone and layer.weights]
 
 
-def save_final(model, backbone, preprocessor, folder: Path) -> None:
-    """Write backbone + preprocessor as a KerasHub preset, and the head weights.
-
-    Written into a temporary folder that is renamed into place when complete, so `folder`
-    is never half-written (a full disk or a crash leaves no partial model)."""
+@contextlib.contextmanager
+def written_atomically(folder: Path):
+    """Yield a temporary folder beside `folder`; when the body completes, the temporary
+    folder (flushed to disk) replaces `folder`. A full disk or a crash in the body leaves
+    `folder` as it was and no partial copy."""
     from tfsft import checkpoints
 
     folder = Path(folder)
     tmp = folder.with_name(f".{folder.name}.tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
     try:
-        shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
-        backbone.save_to_preset(str(tmp))
-        preprocessor.save_to_preset(str(tmp))
-        arrays = {}
-        for i, layer in enumerate(head_layers(model, backbone)):
-            for j, w in enumerate(layer.get_weights()):
-                arrays[f"{i:03d}/{j:03d}/{type(layer).__name__}"] = w
-        np.savez(tmp / "head.npz", **arrays)
-        for f in tmp.iterdir():
+        yield tmp
+        for f in tmp.rglob("*"):
             if f.is_file():
                 with open(f, "rb+") as handle:
                     os.fsync(handle.fileno())
@@ -51,10 +46,24 @@ def save_final(model, backbone, preprocessor, folder: Path) -> None:
         os.replace(tmp, folder)
         checkpoints.fsync_dir(folder.parent)
     except OSError as e:
+        raise RunDirError(f"could not write {folder}: {e.strerror or e}; nothing partial was "
+                          "left there. Free disk space (or fix permissions) and run again.") \
+            from e
+    finally:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise RunDirError(f"could not write the model to {folder}: {e.strerror or e}; nothing "
-                          "partial was left there. Free disk space (or fix permissions) and "
-                          "run again.") from e
+
+
+def save_final(model, backbone, preprocessor, folder: Path) -> None:
+    """Write backbone + preprocessor as a KerasHub preset, and the head weights, never
+    leaving a half-written `folder`."""
+    with written_atomically(folder) as tmp:
+        backbone.save_to_preset(str(tmp))
+        preprocessor.save_to_preset(str(tmp))
+        arrays = {}
+        for i, layer in enumerate(head_layers(model, backbone)):
+            for j, w in enumerate(layer.get_weights()):
+                arrays[f"{i:03d}/{j:03d}/{type(layer).__name__}"] = w
+        np.savez(tmp / "head.npz", **arrays)
 
 
 def load_backbone(folder: Path, max_length: int | None = None):
@@ -159,17 +168,7 @@ def export_saved_model(model, preprocessor, outputs_fn, folder: Path) -> Path:
 
     archive.add_endpoint("serving_default", serve,
                          input_signature=[tf.TensorSpec([None], tf.string, name="text")])
-    tmp = folder.with_name(f".{folder.name}.tmp{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
+    with written_atomically(folder) as tmp:
+        shutil.rmtree(tmp)  # write_out makes the folder itself
         archive.write_out(str(tmp), verbose=False)
-        if folder.exists():
-            old = folder.with_name(f".{folder.name}.old{os.getpid()}")
-            os.replace(folder, old)
-            shutil.rmtree(old, ignore_errors=True)
-        os.replace(tmp, folder)
-    except OSError as e:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise RunDirError(f"could not write {folder}: {e.strerror or e}; nothing partial was "
-                          "left there") from e
     return folder

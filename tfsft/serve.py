@@ -30,11 +30,20 @@ class BadRequest(ValueError):
     pass
 
 
+def saved_model_dir(folder: Path) -> Path | None:
+    """The SavedModel of an export folder (or the folder itself if it is one), or None."""
+    folder = Path(folder)
+    for candidate in (folder / "saved_model", folder):
+        if (candidate / "saved_model.pb").exists():
+            return candidate
+    return None
+
+
 def load_export(folder: Path):
     """(serving signature, label names) of an export folder with `saved_model/`."""
     folder = Path(folder)
-    saved = folder / "saved_model" if (folder / "saved_model").is_dir() else folder
-    if not (saved / "saved_model.pb").exists():
+    saved = saved_model_dir(folder)
+    if saved is None:
         raise RunDirError(f"{folder} holds no SavedModel (saved_model/saved_model.pb); "
                           "make one with: tfsft export RUN --format saved_model")
     from tfsft import quiet
