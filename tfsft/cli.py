@@ -48,11 +48,13 @@ examples:
   python -m tfsft tune tasks/sentiment --config configs/tune-sentiment.yaml --overwrite
 Re-running the same command resumes the search where it stopped.
 """),
-    "data": ("inspect a task's data: duplicates, leakage, lengths, suspicious rows", """\
+    "data": ("inspect, clean or split data: duplicates, leakage, lengths, markup", """\
 examples:
   python -m tfsft data inspect tasks/sentiment
   python -m tfsft data inspect tasks/sentiment --config configs/sst2.yaml --out reports/sst2
   python -m tfsft data inspect tasks/classification data.train=train.tsv --json
+  python -m tfsft data clean tasks/classification data.train=raw.tsv --out data/clean
+  python -m tfsft data clean tasks/sentiment --config configs/sst2.yaml --dedup near --out c/
   python -m tfsft data split all.tsv --ratios 0.8,0.1,0.1 --stratify label --out data/
 """),
     "validate": ("check config and data without training", """\
@@ -102,11 +104,12 @@ def parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=summary, description=summary, epilog=examples,
                            formatter_class=argparse.RawDescriptionHelpFormatter)
         if name == "data":
-            p.add_argument("action", choices=["inspect", "split"],
-                           help="inspect TASK: report on its data; split FILE: write "
+            p.add_argument("action", choices=["inspect", "clean", "split"],
+                           help="inspect TASK: report on its data; clean TASK: write "
+                           "cleaned copies of its data files to --out; split FILE: write "
                            "train/validation/test files")
             p.add_argument("task", metavar="TASK|FILE",
-                           help="task folder (inspect) or data file (split)")
+                           help="task folder (inspect, clean) or data file (split)")
         if name in ("fit", "validate", "tune"):
             p.add_argument("task",
                            help="task folder path (tasks/sentiment) or installed plugin name")
@@ -138,10 +141,15 @@ def parser() -> argparse.ArgumentParser:
             p.add_argument("--no-model", action="store_true",
                            help="do not write model/ (metrics only; tune trials use this)")
         if name == "data":
-            p.add_argument("--out", help="also write inspect.json and token_lengths.png here")
+            p.add_argument("--out", help="inspect: also write inspect.json and "
+                           "token_lengths.png here; clean, split: the output folder")
             p.add_argument("--json", action="store_true", help="print the report as JSON")
-            p.add_argument("--near-threshold", type=float, default=0.8,
-                           help="Jaccard similarity of character 5-grams for near duplicates")
+            p.add_argument("--near-threshold", type=float, default=None,
+                           help="Jaccard similarity of character 5-grams for near duplicates "
+                           "(default 0.8; clean: data.near_threshold)")
+            p.add_argument("--dedup", choices=["off", "exact", "near"], default=None,
+                           help="clean: duplicates to drop (default: data.dedup when set, "
+                           "else exact)")
             p.add_argument("--ratios", default="0.8,0.1,0.1",
                            help="split: train,validation[,test] shares (default 0.8,0.1,0.1)")
             p.add_argument("--seed", type=int, default=42, help="split: seed (default 42)")
@@ -152,7 +160,7 @@ def parser() -> argparse.ArgumentParser:
             p.add_argument("--quoting", choices=["none", "csv"], default="none",
                            help="split: TSV quoting, as data.quoting")
             p.add_argument("--overwrite", action="store_true",
-                           help="split: replace existing split files")
+                           help="split, clean: replace existing output files")
         if name == "tune":
             p.add_argument("--output", help="search directory (default runs/<task>-tune)")
             p.add_argument("--overwrite", action="store_true",
@@ -243,8 +251,13 @@ def cmd_tune(args) -> int:
 def cmd_data(args) -> int:
     from tfsft import backbones, datareport, quiet, runs, workflow
 
-    if not 0.0 < args.near_threshold <= 1.0:
+    if args.near_threshold is not None and not 0.0 < args.near_threshold <= 1.0:
         raise UserError(f"--near-threshold {args.near_threshold} must be in (0, 1]")
+    near_threshold = 0.8 if args.near_threshold is None else args.near_threshold
+    if args.action != "clean" and args.dedup:
+        raise UserError("--dedup is an option of data clean (use data.dedup=... with fit)")
+    if args.action == "clean":
+        return _data_clean(args)
     if args.action == "split":
         from tfsft import splitting
 
@@ -252,7 +265,7 @@ def cmd_data(args) -> int:
             raise UserError("data split takes no config or overrides; use its options")
         result = splitting.split_file(args.task, splitting.parse_ratios(args.ratios),
                                       args.seed, args.stratify, args.text_field, args.out,
-                                      args.overwrite, args.quoting, args.near_threshold)
+                                      args.overwrite, args.quoting, near_threshold)
         for name, info in result["splits"].items():
             print(f"wrote {info['path']} ({info['rows']} rows)", file=sys.stderr)
         print(json.dumps(result, indent=2))
@@ -266,7 +279,7 @@ def cmd_data(args) -> int:
     quiet.import_tensorflow_quietly()
     _, preprocessor = backbones.load(cfg.model.backbone, cfg.data.max_length)
     encoded = {n: task.encode_inputs(cfg.task, preprocessor, ex) for n, ex in exs.items()}
-    report = datareport.inspect(exs, encoded, cfg.data.max_length, args.near_threshold)
+    report = datareport.inspect(exs, encoded, cfg.data.max_length, near_threshold)
     if args.out:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
@@ -275,6 +288,46 @@ def cmd_data(args) -> int:
         print(f"wrote {out / 'inspect.json'} and {out / 'token_lengths.png'}", file=sys.stderr)
     print(json.dumps(report, indent=2, ensure_ascii=False) if args.json
           else datareport.format_report(report))
+    return 0
+
+
+def _data_clean(args) -> int:
+    """Cleaned copies of the task's data files: the rows `fit` would use with
+    `data.clean: true` and the same `data.dedup`."""
+    from tfsft import cleaning, workflow
+
+    if not args.out:
+        raise UserError("data clean needs --out DIR (the input files are never modified)")
+    extra = ["data.clean=true"]
+    if args.dedup:
+        extra.append(f"data.dedup={args.dedup}")
+    if args.near_threshold is not None:
+        extra.append(f"data.near_threshold={args.near_threshold}")
+    task, _, cfg = workflow.load_task_and_config(args.task, args.config,
+                                                 list(args.overrides) + extra)
+    if not args.dedup and cfg.data.dedup == "off":
+        task, _, cfg = workflow.load_task_and_config(
+            args.task, args.config, list(args.overrides) + extra + ["data.dedup=exact"])
+    _, result = workflow.read_prepared_rows(task, cfg)
+    sources = {s: getattr(cfg.data, s) for s in result.rows}
+    options = workflow.cleaning_options(cfg)
+    report = cleaning.write(result, options, sources, args.out, cfg.data.format,
+                            cfg.data.quoting, args.overwrite)
+    for line in cleaning.format_summary(report):
+        print(line, file=sys.stderr)
+    for c in result.changes[:8]:
+        what = (f"{c['field']}: {c['before'][:50]!r} -> {c['after'][:50]!r} "
+                f"({', '.join(c['kinds'])})"
+                if c["action"] == "changed"
+                else f"dropped ({c['reason']}{' of ' + c['of'] if 'of' in c else ''}): "
+                     f"{c['text'][:60]!r}")
+        print(f"  {c['split']} {c['where']}: {what}", file=sys.stderr)
+    overrides = " ".join([f"--config {c}" for c in args.config]
+                         + [f"data.{s}={info['path']}" for s, info in report["files"].items()])
+    print(f"wrote {len(report['files'])} file(s), changes.jsonl ({len(result.changes)} "
+          f"changes) and clean_report.json to {args.out}\ntrain on them with: "
+          f"python -m tfsft fit {args.task} {overrides}", file=sys.stderr)
+    print(json.dumps(report, indent=2, ensure_ascii=False))
     return 0
 
 

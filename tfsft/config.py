@@ -49,6 +49,12 @@ class DataConfig:
     on_error: Literal["raise", "skip"] = "raise"  # bad rows: stop with all errors, or skip them
     max_skipped: float = 0.1  # on_error=skip: still stop if more than this share of a split is bad
     max_line_chars: int = 1_000_000  # longer lines are bad rows (catches a missing line end)
+    clean: bool = False  # strip HTML, control chars; NFC; one space; drop empty rows
+    dedup: Literal["off", "exact", "near"] = "off"  # drop repeats; eval rows found in train
+    near_threshold: float = 0.8  # dedup=near: 5-gram Jaccard similarity limit
+    augment: tuple[Literal["delete", "swap", "replace"], ...] = ()  # word edits, train only
+    augment_rate: float = 0.1  # share of words each edit touches (at least one word)
+    augment_copies: int = 1  # augmented copies added per training row (originals are kept)
 
 
 @dataclass(frozen=True)
@@ -231,6 +237,14 @@ def cross_check(data: DataConfig, train: TrainConfig, model: ModelConfig) -> lis
         errors.append(f"`train.warmup_ratio` ({train.warmup_ratio}) must be in [0, 1)")
     if not 0.0 <= data.max_skipped < 1.0:
         errors.append(f"`data.max_skipped` ({data.max_skipped}) must be in [0, 1)")
+    if not 0.0 < data.near_threshold <= 1.0:
+        errors.append(f"`data.near_threshold` ({data.near_threshold}) must be in (0, 1]")
+    if not 0.0 < data.augment_rate <= 0.5:
+        errors.append(f"`data.augment_rate` ({data.augment_rate}) must be in (0, 0.5]")
+    if data.augment and not 1 <= data.augment_copies <= 20:
+        errors.append(f"`data.augment_copies` ({data.augment_copies}) must be in 1..20")
+    if len(set(data.augment)) != len(data.augment):
+        errors.append(f"`data.augment` {list(data.augment)} lists an edit twice")
     if not 0.0 < data.validation_fraction < 1.0:
         errors.append(f"`data.validation_fraction` ({data.validation_fraction}) must be in (0, 1)")
     if not 0.0 <= model.dropout < 1.0:
@@ -408,5 +422,5 @@ def _type_text(hint: Any) -> str:
     if typing.get_origin(hint) is Literal:
         return " \\| ".join(str(a) for a in typing.get_args(hint))
     if typing.get_origin(hint) is tuple:
-        return f"list of {_name(typing.get_args(hint)[0])}"
+        return f"list of {_type_text(typing.get_args(hint)[0])}"
     return _name(hint)

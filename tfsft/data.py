@@ -285,3 +285,18 @@ def stratified_split(labels: list, fraction: float, seed: int) -> tuple[np.ndarr
     mask = np.ones(len(labels), dtype=bool)
     mask[held] = False
     return np.flatnonzero(mask), held
+
+
+def serialise_rows(fmt: str, quoting: str, header: list[str], rows: list[dict]) -> str:
+    """Rows as the text of a file in `fmt` (the inverse of `read_rows` for files)."""
+    if fmt == "jsonl":
+        return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+    buf = io.StringIO()
+    if fmt == "tsv" and quoting == "none":
+        buf.write("\t".join(header) + "\n")
+        buf.writelines("\t".join(str(r[h]) for h in header) + "\n" for r in rows)
+        return buf.getvalue()
+    writer = csv.writer(buf, delimiter="," if fmt == "csv" else "\t", lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows([[r[h] for h in header] for r in rows])
+    return buf.getvalue()

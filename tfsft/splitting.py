@@ -9,8 +9,6 @@ unless asked.
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 from pathlib import Path
 
@@ -60,20 +58,6 @@ def assign(groups: np.ndarray, strata: list[str] | None, ratios: list[float],
     return np.array([split_of[g] for g in groups.tolist()], dtype=np.int64)
 
 
-def _serialise(fmt: str, quoting: str, header: list[str], rows: list[dict]) -> str:
-    if fmt == "jsonl":
-        return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
-    buf = io.StringIO()
-    if fmt == "tsv" and quoting == "none":
-        buf.write("\t".join(header) + "\n")
-        buf.writelines("\t".join(str(r[h]) for h in header) + "\n" for r in rows)
-        return buf.getvalue()
-    writer = csv.writer(buf, delimiter="," if fmt == "csv" else "\t", lineterminator="\n")
-    writer.writerow(header)
-    writer.writerows([[r[h] for h in header] for r in rows])
-    return buf.getvalue()
-
-
 def split_file(path: str, ratios: list[float], seed: int = 42, stratify: str = "",
                text_field: str = "text", out: str | None = None, overwrite: bool = False,
                quoting: str = "none", near_threshold: float = 0.8) -> dict:
@@ -109,6 +93,6 @@ def split_file(path: str, ratios: list[float], seed: int = 42, stratify: str = "
               "groups": int(len(np.unique(groups))), "rows": len(rows), "splits": {}}
     for k, (name, target) in enumerate(targets.items()):
         chosen = [rows.fields[i] for i in np.flatnonzero(which == k)]
-        runs.write_text(target, _serialise(fmt, quoting, header, chosen))
+        runs.write_text(target, data_lib.serialise_rows(fmt, quoting, header, chosen))
         result["splits"][name] = {"path": str(target), "rows": len(chosen)}
     return result

@@ -37,6 +37,12 @@ Optional:
     serving_outputs(task_cfg, label_names, logits: tf.Tensor) -> dict[str, tf.Tensor]
         The outputs of `export --format saved_model` (TensorFlow ops on a batch of
         logits); without it that format is refused for the task.
+    text_fields(task_cfg) -> list[str]
+        The reader fields holding text: what `data.clean` and `data.dedup` (and
+        `tfsft data clean`) work on. Without it those options are refused for the task.
+    augment(task_cfg, train_examples, augmenter: augment.Augmenter) -> (examples, added)
+        The training examples plus augmented copies (`added`: what `Augmenter.run`
+        returned for them); used by `data.augment`, refused for tasks without it.
 """
 
 from __future__ import annotations

@@ -33,6 +33,8 @@ class Splits:
     carved: bool  # validation carved from train
     targets: dict  # split name -> encoded targets, checked against the label map
     skipped: dict  # split name -> messages of rows dropped under `data.on_error: skip`
+    preparation: dict | None = None  # what data.clean/dedup/augment did (counts)
+    changes: tuple = ()  # every change data.clean/dedup made, one dict each
 
 
 def load_task_and_config(task_spec: str, config_files=(), overrides=()):
@@ -42,12 +44,18 @@ def load_task_and_config(task_spec: str, config_files=(), overrides=()):
     return task, folder, cfg
 
 
-def read_split(task, cfg, source: str, split: str, labelled: bool = True):
-    """(examples, skipped) of one split. With `data.on_error: skip` bad rows (the reader's
-    and the task's) are dropped and `skipped` holds one message per dropped row."""
+def read_rows(cfg, source: str, split: str):
     d = cfg.data
-    rows = data_lib.read_rows(source, d.format, d.quoting, split, d.tfds_dir, d.tfds_download,
+    return data_lib.read_rows(source, d.format, d.quoting, split, d.tfds_dir, d.tfds_download,
                               d.on_error, d.max_line_chars)
+
+
+def read_split(task, cfg, source: str, split: str, labelled: bool = True, rows=None):
+    """(examples, skipped) of one split (of `rows` when given, already read). With
+    `data.on_error: skip` bad rows (the reader's and the task's) are dropped and
+    `skipped` holds one message per dropped row."""
+    d = cfg.data
+    rows = read_rows(cfg, source, split) if rows is None else rows
     try:
         ex = task.examples(cfg.task, rows, labelled)
     except DataError as e:
@@ -67,21 +75,66 @@ def read_split(task, cfg, source: str, split: str, labelled: bool = True):
     return ex, list(rows.skipped)
 
 
+def cleaning_options(cfg):
+    from tfsft import cleaning
+
+    d = cfg.data
+    return cleaning.Options(d.clean, d.dedup, d.near_threshold)
+
+
+def check_preparation(task, cfg) -> None:
+    """data.clean/dedup/augment need the task's optional members."""
+    problems = []
+    if cleaning_options(cfg).active and not hasattr(task, "text_fields"):
+        problems.append(f"task {task.name!r} does not declare its text fields "
+                        "(`text_fields`), so `data.clean` and `data.dedup` cannot be used")
+    if cfg.data.augment and not hasattr(task, "augment"):
+        problems.append(f"task {task.name!r} does not support `data.augment`")
+    if problems:
+        raise ConfigError(problems)
+
+
+def read_prepared_rows(task, cfg) -> tuple[dict, object]:
+    """Every split's reader rows, cleaned and de-duplicated as configured: the rows that
+    `fit` uses and `tfsft data clean` writes. Returns (rows per split, cleaning.Result or
+    None when cleaning is off)."""
+    from tfsft import cleaning
+
+    check_preparation(task, cfg)
+    rows, problems = {}, []
+    for split in ("train", "validation", "test"):
+        source = getattr(cfg.data, split)
+        if source:
+            try:
+                rows[split] = read_rows(cfg, source, split)
+            except DataError as e:
+                problems.extend(e.problems)
+    if problems:
+        raise DataError(problems)
+    options = cleaning_options(cfg)
+    if not options.active:
+        return rows, None
+    result = cleaning.apply(rows, task.text_fields(cfg.task), options)
+    return result.rows, result
+
+
 def read_splits(task, cfg) -> Splits:
     """Read and validate every split before anything is written or loaded."""
+    from tfsft import augment
+
     d = cfg.data
+    rows, cleaned = read_prepared_rows(task, cfg)
     problems = []
     parts, skipped = {}, {}
-    for split in ("train", "validation", "test"):
-        source = getattr(d, split)
-        if not source:
-            continue
+    for split, r in rows.items():
         try:
-            parts[split], skipped[split] = read_split(task, cfg, source, split)
+            parts[split], skipped[split] = read_split(task, cfg, getattr(d, split), split,
+                                                      rows=r)
         except DataError as e:
             problems.extend(e.problems)
     if problems:
         raise DataError(problems)
+    preparation = cleaned.summary(cleaning_options(cfg)) if cleaned else {}
     train = parts["train"]
     if d.limit:
         train = train.take(range(min(d.limit, len(train))))
@@ -93,6 +146,15 @@ def read_splits(task, cfg) -> Splits:
             raise DataError(f"{d.train} has {len(train)} rows: too few to carve a validation "
                             f"split of {d.validation_fraction}; set `data.validation`")
         train, validation, carved = train.take(keep), train.take(held), True
+    if d.augment:  # after carving: no edited copy of a validation row is trained on
+        augmenter = augment.Augmenter(tuple(d.augment), d.augment_rate, d.augment_copies,
+                                      cfg.train.seed)
+        before = len(train)
+        train, added = task.augment(cfg.task, train, augmenter)
+        preparation["augment"] = augment.summary(augmenter, before, added)
+        preparation["augment"]["examples"] = [
+            f"{train.where[before + i]}: {' '.join(words)[:100]!r}"
+            for i, (_, _, _, words, _) in enumerate(added[:5])]
     exs, targets = {"train": train, "validation": validation, "test": parts.get("test")}, {}
     for split, ex in exs.items():
         if ex is None:
@@ -111,7 +173,7 @@ def read_splits(task, cfg) -> Splits:
     if problems:
         raise DataError(problems)
     return Splits(exs["train"], exs["validation"], exs["test"], label_names, carved, targets,
-                  skipped)
+                  skipped, preparation or None, tuple(cleaned.changes) if cleaned else ())
 
 
 def label_distribution(cfg, ex) -> dict:
@@ -132,10 +194,23 @@ def summarise(cfg, splits: Splits, encoded: dict) -> dict:
         if splits.skipped.get(name):
             out[name]["skipped_rows"] = len(splits.skipped[name])
             out[name]["skipped"] = splits.skipped[name][:100]
+    if splits.preparation:
+        out["preparation"] = splits.preparation
     return out
 
 
 def print_summary(summary: dict) -> None:
+    from tfsft import cleaning
+
+    prep = summary.get("preparation") or {}
+    if "splits" in prep:
+        log(f"data.clean={str(prep['clean']).lower()}, data.dedup={prep['dedup']}:")
+        for line in cleaning.format_summary(prep):
+            log("  " + line)
+    if "augment" in prep:
+        a = prep["augment"]
+        log(f"data.augment {a['edits']} (rate {a['rate']}, {a['copies']} per row): added "
+            f"{a['rows_added']} rows to {a['rows_before']} training rows ({a['by_edit']})")
     for name in ("train", "validation", "test"):
         s = summary.get(name)
         if not s:
@@ -267,7 +342,12 @@ def _fit_in_run(task, folder, cfg, splits: Splits, prepared: Prepared, run_dir: 
     for s in files:
         files[s]["rows"] = len(getattr(splits, s))
     manifest = runs.manifest(cfg.train.seed, files)
+    if splits.preparation:
+        manifest["data_preparation"] = splits.preparation
     runs.write_json(run_dir / "manifest.json", manifest)
+    if splits.changes:
+        runs.write_text(run_dir / "data_changes.jsonl", "".join(
+            json.dumps(c, ensure_ascii=False) + "\n" for c in splits.changes))
     runs.write_text(run_dir / "config.yaml", config_lib.dump_yaml(cfg))
     runs.write_json(run_dir / "task.json", {"name": task.name,
                                             "folder": str(folder) if folder else None})

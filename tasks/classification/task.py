@@ -112,6 +112,23 @@ def examples(cfg: ClassificationConfig, rows, labelled: bool = True) -> Examples
                     labels if labelled else None, wheres)
 
 
+def text_fields(cfg: ClassificationConfig) -> list[str]:
+    """The fields `data.clean` / `data.dedup` work on."""
+    return [cfg.text_field] + ([cfg.text_pair_field] if cfg.text_pair_field else [])
+
+
+def augment(cfg: ClassificationConfig, ex: Examples, augmenter) -> tuple[Examples, list]:
+    """Training rows plus augmented copies of their text (for pairs, the first text only:
+    editing the second can change what the pair means)."""
+    added = augmenter.run([t.split() for t in ex.texts])
+    rows = [row for row, *_ in added]
+    pick = lambda xs: None if xs is None else xs + [xs[i] for i in rows]  # noqa: E731
+    return Examples(ex.texts + [" ".join(words) for *_, words, _ in added], pick(ex.pairs),
+                    pick(ex.labels),
+                    ex.where + [f"{ex.where[r]} (augmented, copy {c + 1}: {e})"
+                                for r, c, e, _, _ in added]), added
+
+
 def make_label_map(cfg: ClassificationConfig, train: Examples) -> list[str]:
     if cfg.labels:
         return list(cfg.labels)
@@ -279,6 +296,8 @@ class ClassificationTask:
     decode = staticmethod(decode)
     report = staticmethod(report)
     serving_outputs = staticmethod(serving_outputs)
+    text_fields = staticmethod(text_fields)
+    augment = staticmethod(augment)
 
     def __init__(self, name: str = "classification"):
         self.name = name
