@@ -195,6 +195,11 @@ def test_data_clean_never_overwrites_inputs_or_earlier_output(tmp_path):
     assert files["train"].read_text().startswith("text\tlabel\nA &amp; B")
     no_out = run_cli(*args)
     assert no_out.returncode == 2 and "--out" in no_out.stderr
+    markup = _write_tsv(tmp_path / "markup.tsv", [("<p></p>", "a"), ("<br>", "b")])
+    emptied = run_cli("data", "clean", "tasks/classification", f"data.train={markup}",
+                      "--out", tmp_path / "empty")
+    assert emptied.returncode == 2 and "all 2 rows dropped" in emptied.stderr
+    assert not (tmp_path / "empty").exists()
 
 
 def test_fit_records_preparation_in_manifest_and_summary(tiny_bert, tmp_path):

@@ -220,8 +220,14 @@ def write(result: Result, options: Options, sources: dict[str, str], out: str,
 
     from tfsft import data as data_lib
     from tfsft import runs
-    from tfsft.errors import RunDirError
+    from tfsft.errors import DataError, RunDirError
 
+    emptied = [f"{split} ({sources[split]}): all {result.counts[split]['rows_in']} rows dropped "
+               f"({result.counts[split]['dropped']})" for split, r in result.rows.items()
+               if not len(r)]
+    if emptied:
+        raise DataError(["data clean would leave nothing to write:"] + emptied
+                        + ["check `task.text_field` and the input with `tfsft data inspect`"])
     folder = Path(out)
     targets, formats = {}, {}
     for split, source in sources.items():

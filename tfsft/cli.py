@@ -235,7 +235,7 @@ def cmd_fit(args) -> int:
     run = workflow.fit(args.task, args.config, args.overrides, args.output, args.overwrite,
                        verbose=2 if args.quiet else None, save_model=not args.no_model)
     print(f"run finished: {run}")
-    print(json.dumps({k: {"accuracy": v["accuracy"], "macro_f1": v["macro"]["f1"]}
+    print(json.dumps({k: workflow.key_metrics(v)
                       for k, v in json.loads((run / "metrics.json").read_text()).items()}))
     return 0
 
@@ -346,10 +346,10 @@ def cmd_validate(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    from tfsft import metrics, workflow
+    from tfsft import workflow
 
     rep = workflow.evaluate(args.run, args.split, args.config, args.overrides)
-    print(metrics.format_report(rep))
+    print(workflow.report_text(rep))
     return 0
 
 

@@ -38,7 +38,7 @@ class DataConfig:
     train: str = field(default="", metadata=PATH)  # TSV/CSV/JSONL file or tfds:name[:split]
     validation: str = field(default="", metadata=PATH)  # empty: carved from train
     test: str = field(default="", metadata=PATH)  # optional held-out split
-    format: Literal["auto", "tsv", "csv", "jsonl", "tfds"] = "auto"  # auto: by file suffix
+    format: Literal["auto", "tsv", "csv", "jsonl", "conll", "tfds"] = "auto"  # auto: by suffix
     quoting: Literal["none", "csv"] = "none"  # TSV quoting: none (GLUE style) or csv rules
     validation_fraction: float = 0.1  # share of train carved out (stratified) when no validation
     max_length: int = 128  # tokens per example including special tokens; longer is truncated

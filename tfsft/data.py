@@ -56,7 +56,8 @@ def detect_format(source: str, fmt: str) -> str:
     suffix = path.suffix.lower()
     if suffix == ".gz":
         suffix = Path(path.stem).suffix.lower()
-    known = {".tsv": "tsv", ".csv": "csv", ".jsonl": "jsonl", ".json": "jsonl", ".txt": "tsv"}
+    known = {".tsv": "tsv", ".csv": "csv", ".jsonl": "jsonl", ".json": "jsonl", ".txt": "tsv",
+             ".conll": "conll"}
     if suffix not in known:
         raise DataError(f"{source}: cannot tell the format from the suffix {suffix!r}; "
                         "use .tsv, .csv or .jsonl (optionally .gz), or set `data.format`")
@@ -78,9 +79,12 @@ def read_rows(source: str, fmt: str = "auto", quoting: str = "none", split: str 
     fmt = detect_format(source, fmt)
     if fmt == "tfds":
         return read_tfds(source, split, tfds_dir, tfds_download)
-    lines, bad = read_lines(Path(source), max_line_chars, on_error, header=fmt != "jsonl")
+    lines, bad = read_lines(Path(source), max_line_chars, on_error,
+                            header=fmt not in ("jsonl", "conll"))
     if fmt == "jsonl":
         rows = parse_jsonl(source, lines, on_error)
+    elif fmt == "conll":
+        rows = parse_conll(source, lines, on_error)
     elif fmt == "csv":
         rows = _parse_delimited(source, lines, ",", csv.QUOTE_MINIMAL, on_error)
     else:
@@ -151,6 +155,49 @@ def read_lines(path: Path, max_line_chars: int = MAX_LINE_CHARS, on_error: str =
     if problems and on_error == "raise":
         raise DataError(problems)
     return lines, problems
+
+
+def parse_conll(source: str, lines: list[str], on_error: str = "raise") -> Rows:
+    """Sentences of a CoNLL file: one token per line as whitespace-separated columns (the
+    token first, then tags or other annotations), a blank line between sentences,
+    `-DOCSTART-` lines skipped. Row: {"columns": [[token, col2, ...] per token]}, at the
+    line of its first token (token i is on the line i after it). A line with one column,
+    or with another number of columns than the file's first token line, is a bad row (the
+    whole sentence under `on_error: skip`)."""
+    name = Path(source).name
+    fields, where, problems = [], [], []
+    width = None
+    sentence, start, broken = [], 0, False
+
+    def close():
+        if sentence and not broken:
+            fields.append({"columns": list(sentence)})
+            where.append(f"{name}:{start}")
+
+    for number, line in enumerate(lines + [""], start=1):
+        parts = line.split()
+        if not parts or parts[0] == "-DOCSTART-":
+            close()
+            sentence, broken = [], False
+            continue
+        if not sentence and not broken:
+            start = number
+        width = width or (len(parts) if len(parts) >= 2 else None)
+        if len(parts) < 2 or len(parts) != width:
+            expected = (f"{width} whitespace-separated columns like the file's first token "
+                        "line" if width else "at least 2 whitespace-separated columns (a "
+                        "token, then its tag)")
+            problems.append(f"{source}:{number}: expected {expected}, got {len(parts)}: "
+                            f"{line[:80]!r}; a token may not contain spaces, and sentences "
+                            "are separated by blank lines")
+            broken = True
+            continue
+        sentence.append(parts)
+    if not fields and not problems:
+        raise DataError(f"{source} holds no sentences (only blank or -DOCSTART- lines)")
+    if problems and on_error == "raise":
+        raise DataError(problems)
+    return Rows(source, fields, where, tuple(problems))
 
 
 def _parse_delimited(source: str, lines: list[str], delimiter: str, quoting: int,
@@ -275,6 +322,12 @@ def stratified_split(labels: list, fraction: float, seed: int) -> tuple[np.ndarr
     """Deterministic stratified (train_idx, validation_idx): `fraction` of each label held out."""
     rng = np.random.default_rng(seed)
     keys = np.array([str(label) for label in labels])
+    # labels too rare to give one held-out row (e.g. each sentence's tag sequence in NER)
+    # are pooled into one stratum, so they are still sampled
+    values, counts = np.unique(keys, return_counts=True)
+    rare = set(values[counts * fraction < 0.5].tolist())
+    if len(rare) > 1:
+        keys = np.array(["\x00rare" if k in rare else k for k in keys.tolist()])
     held = []
     for key in sorted(set(keys.tolist())):
         idx = np.flatnonzero(keys == key)

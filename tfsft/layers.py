@@ -62,3 +62,40 @@ class SparseSmoothedCrossentropy(keras.losses.Loss):
 
     def get_config(self):
         return {**super().get_config(), "label_smoothing": self.label_smoothing}
+
+
+@keras.saving.register_keras_serializable(package="tfsft")
+class WordStartPooling(keras.layers.Layer):
+    """Each word's vector: the [batch, time, hidden] sequence at the word's first sub-token
+    position (`word_starts`, [batch, words] int32; 0 for words without one, whose output
+    the task then ignores).
+
+    Example:
+    >>> seq = keras.ops.reshape(keras.ops.arange(12, dtype="float32"), (1, 6, 2))
+    >>> WordStartPooling()(seq, keras.ops.convert_to_tensor([[1, 3, 0]])).shape
+    (1, 3, 2)
+    """
+
+    def call(self, sequence, word_starts):
+        index = keras.ops.expand_dims(keras.ops.cast(word_starts, "int32"), -1)
+        index = keras.ops.minimum(index, keras.ops.shape(sequence)[1] - 1)
+        index = keras.ops.broadcast_to(
+            index, (keras.ops.shape(index)[0], keras.ops.shape(index)[1],
+                    keras.ops.shape(sequence)[2]))
+        return keras.ops.take_along_axis(sequence, index, axis=1)
+
+    def compute_output_shape(self, sequence_shape, word_starts_shape):
+        return (sequence_shape[0], word_starts_shape[1], sequence_shape[2])
+
+
+@keras.saving.register_keras_serializable(package="tfsft")
+class UnseenWordsOutside(keras.layers.Layer):
+    """Tag logits [batch, words, tags] with words that have no sub-token position
+    (`word_starts` 0: no pieces, cut off, or padding) fixed to the outside tag (index 0),
+    so predictions never guess at words the model did not see (no gradient flows there)."""
+
+    def call(self, logits, word_starts):
+        seen = keras.ops.expand_dims(keras.ops.cast(word_starts, "int32") > 0, -1)
+        outside = keras.ops.one_hot(keras.ops.zeros_like(word_starts, dtype="int32"),
+                                    keras.ops.shape(logits)[-1], dtype=logits.dtype) * 30.0
+        return keras.ops.where(seen, logits, outside)

@@ -43,11 +43,15 @@ def render(run_dir: Path, task_name: str, cfg, label_names: list[str],
                   "training file, held out stratified by label."]
     lines += ["", "## Evaluation", ""]
     if metrics:
-        lines += ["| split | examples | accuracy | macro F1 |", "|---|---|---|---|"]
+        from tfsft.workflow import key_metrics
+
+        names = list(key_metrics(next(iter(metrics.values()))))
+        lines += ["| split | examples | " + " | ".join(n.replace("_", " ") for n in names)
+                  + " |", "|---" * (len(names) + 2) + "|"]
         for split, rep in metrics.items():
-            macro = rep.get("macro", {}).get("f1")
+            values = key_metrics(rep)
             lines.append(f"| {split} | {rep.get('examples', '')} | "
-                         f"{_num(rep.get('accuracy'))} | {_num(macro)} |")
+                         + " | ".join(_num(values.get(n)) for n in names) + " |")
     else:
         lines.append("No evaluation is recorded in the run.")
     lines += ["", "## Hyperparameters", "", "```yaml",

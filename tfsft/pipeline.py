@@ -9,12 +9,13 @@ group_by_length), which removes most padding while keeping batches random.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
 CHUNK_BATCHES = 64
 PAD_MULTIPLE = 8
+TOKEN_KEYS = ("token_ids", "padding_mask", "segment_ids")  # trimmed to each batch's longest
 
 
 @dataclass(frozen=True)
@@ -24,6 +25,7 @@ class Encoded:
     features: dict  # name -> np.ndarray[int32], e.g. token_ids, segment_ids, padding_mask
     lengths: np.ndarray  # tokens kept per row, special tokens included
     full_lengths: np.ndarray  # tokens before truncation, special tokens included
+    notes: dict = field(default_factory=dict)  # task counts for the data summary
 
     def __len__(self) -> int:
         return len(self.lengths)
@@ -65,7 +67,7 @@ def _trim(x, *rest):
     longest = tf.reduce_max(tf.reduce_sum(x["padding_mask"], axis=1))
     width = tf.shape(x["padding_mask"])[1]
     longest = tf.minimum(-(-longest // PAD_MULTIPLE) * PAD_MULTIPLE, width)
-    x = {k: v[:, :longest] for k, v in x.items()}
+    x = {k: v[:, :longest] if k in TOKEN_KEYS else v for k, v in x.items()}
     return (x, *rest)
 
 

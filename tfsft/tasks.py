@@ -26,10 +26,13 @@ names the plugin and the member):
         The head on the backbone; takes the int32 features, returns logits.
     loss(task_cfg, label_smoothing) -> keras.losses.Loss
     metrics(task_cfg) -> list[keras.metrics.Metric]  (validation names: `val_<name>`)
-    decode(task_cfg, label_names, logits) -> list[dict]
-        User-facing predictions: label names and scores.
-    report(task_cfg, label_names, targets, logits) -> dict
+    decode(task_cfg, label_names, logits, examples) -> list[dict]
+        User-facing predictions (label names and scores), one per example.
+    report(task_cfg, label_names, targets, logits, examples) -> dict
         Evaluation report of one split (accuracy, precision/recall/F1, confusion matrix).
+        Optional keys the core uses: `headline` (the line logged after training), `text`
+        (the printed report; default: tfsft.metrics.format_report), `per_class` (with a
+        confusion matrix: plotted).
 
 Optional:
     class_weights(task_cfg, targets, num_labels) -> per-example weights, used by
@@ -37,6 +40,9 @@ Optional:
     serving_outputs(task_cfg, label_names, logits: tf.Tensor) -> dict[str, tf.Tensor]
         The outputs of `export --format saved_model` (TensorFlow ops on a batch of
         logits); without it that format is refused for the task.
+    align_targets(task_cfg, encoded, targets) -> np.ndarray
+        Training targets laid out as the model's outputs, when that depends on the
+        tokenisation (NER: word targets -> the model's word axis, -1 where no loss).
     text_fields(task_cfg) -> list[str]
         The reader fields holding text: what `data.clean` and `data.dedup` (and
         `tfsft data clean`) work on. Without it those options are refused for the task.

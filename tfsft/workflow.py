@@ -190,7 +190,7 @@ def summarise(cfg, splits: Splits, encoded: dict) -> dict:
     for name, enc in encoded.items():
         ex = getattr(splits, name)
         out[name] = {"rows": len(ex), "label_distribution": label_distribution(cfg, ex),
-                     **pipeline.length_summary(enc, cfg.data.max_length)}
+                     **pipeline.length_summary(enc, cfg.data.max_length), **enc.notes}
         if splits.skipped.get(name):
             out[name]["skipped_rows"] = len(splits.skipped[name])
             out[name]["skipped"] = splits.skipped[name][:100]
@@ -219,6 +219,10 @@ def print_summary(summary: dict) -> None:
         log(f"{name}: {s['rows']} rows ({dist}); tokens p50 {s.get('tokens_p50', 0):.0f} "
             f"p95 {s.get('tokens_p95', 0):.0f} max {s.get('tokens_max', 0):.0f}; "
             f"truncated {100 * s.get('truncated_share', 0):.1f}%")
+        if s.get("words_cut_off") or s.get("words_without_pieces"):
+            log(f"WARNING {name}: {s.get('words_cut_off', 0)} of {s.get('words', 0)} words cut "
+                f"off by `data.max_length` (in {s.get('sentences_cut', 0)} sentences) and "
+                f"{s.get('words_without_pieces', 0)} without word pieces: predicted O")
         if s.get("skipped_rows"):
             log(f"WARNING {name}: skipped {s['skipped_rows']} bad row(s) (data.on_error=skip), "
                 "listed in data_summary.json; the first: " + s["skipped"][0])
@@ -372,14 +376,16 @@ def _train_and_evaluate(task, cfg, splits: Splits, prepared: Prepared, run_dir: 
     summary = summarise(cfg, splits, encoded)
     runs.write_json(run_dir / "data_summary.json", summary)
     print_summary(summary)
-    targets = splits.targets["train"]
+    targets = model_targets(task, cfg, encoded["train"], splits.targets["train"])
     weights = None
     if t.class_weights == "balanced":
         weights = task.class_weights(cfg.task, targets, len(splits.label_names))
     batch = t.global_batch_size // t.grad_accum_steps
     train_ds = pipeline.train_dataset(encoded["train"], targets, weights, batch, t.seed,
                                       cfg.data.bucket_by_length)
-    val_ds = pipeline.eval_dataset(encoded["validation"], splits.targets["validation"],
+    val_ds = pipeline.eval_dataset(encoded["validation"],
+                                   model_targets(task, cfg, encoded["validation"],
+                                                 splits.targets["validation"]),
                                    t.eval_batch_size)
     plan = training.plan(len(splits.train), batch, t.epochs, t.max_steps, t.grad_accum_steps)
     compile_model(task, cfg, model, plan.total_batches, prepared.strategy)
@@ -404,10 +410,50 @@ def _train_and_evaluate(task, cfg, splits: Splits, prepared: Prepared, run_dir: 
                                             run_dir)
     runs.write_json(run_dir / "metrics.json", metrics)
     for split, rep in metrics.items():
-        log(f"{split}: accuracy {rep['accuracy']:.4f}, macro F1 {rep['macro']['f1']:.4f} "
-            f"({rep['examples']} examples)")
+        log(f"{split}: {headline(rep)}")
     return {"train_seconds": round(result.seconds, 2), "optimizer_steps": result.steps,
             "best_epoch": result.best_epoch, "history": result.history}
+
+
+def headline(rep: dict) -> str:
+    """One line of a split's report: the task's own, or accuracy and macro F1."""
+    if "headline" in rep:
+        return f"{rep['headline']} ({rep['examples']} examples)"
+    return (f"accuracy {rep['accuracy']:.4f}, macro F1 {rep['macro']['f1']:.4f} "
+            f"({rep['examples']} examples)")
+
+
+def key_metrics(rep: dict) -> dict:
+    """The few numbers that summarise a split's report: the task's `summary`, or accuracy
+    and macro F1."""
+    if "summary" in rep:
+        return dict(rep["summary"])
+    return {"accuracy": rep.get("accuracy"), "macro_f1": rep.get("macro", {}).get("f1")}
+
+
+def report_text(rep: dict) -> str:
+    from tfsft import metrics as metrics_lib
+
+    return rep["text"] if "text" in rep else metrics_lib.format_report(rep)
+
+
+def write_report_files(rep: dict, folder: Path, stem: str, title: str) -> None:
+    """reports/: the text report, and the confusion-matrix PNG where the task has one."""
+    from tfsft import metrics as metrics_lib
+
+    folder.mkdir(exist_ok=True)
+    if "per_class" in rep:
+        metrics_lib.plot_confusion_matrix(rep, str(folder / f"confusion_{stem}.png"),
+                                          title=title)
+    runs.write_text(folder / f"report_{stem}.txt", report_text(rep))
+
+
+def model_targets(task, cfg, enc, targets: np.ndarray) -> np.ndarray:
+    """Targets as the model's outputs are laid out (tasks with `align_targets` map their
+    per-word targets onto the encoded inputs)."""
+    if hasattr(task, "align_targets"):
+        return task.align_targets(cfg.task, enc, targets)
+    return targets
 
 
 def predict_logits(model, enc, batch_size: int) -> np.ndarray:
@@ -417,20 +463,17 @@ def predict_logits(model, enc, batch_size: int) -> np.ndarray:
 
 
 def evaluate_split(task, cfg, model, splits: Splits, split: str, enc, run_dir: Path) -> dict:
-    from tfsft import metrics as metrics_lib
-
     logits = predict_logits(model, enc, cfg.train.eval_batch_size)
-    rep = task.report(cfg.task, splits.label_names, splits.targets[split], logits)
-    (run_dir / "reports").mkdir(exist_ok=True)
-    metrics_lib.plot_confusion_matrix(rep, str(run_dir / "reports" / f"confusion_{split}.png"),
-                                      title=f"{task.name}: {split}")
+    ex = getattr(splits, split)
+    rep = task.report(cfg.task, splits.label_names, splits.targets[split], logits, ex)
+    write_report_files(rep, run_dir / "reports", split, f"{task.name}: {split}")
     return rep
 
 
 # --------------------------------------------------------------------------- run reuse
 
 
-RUN_TIME_TASK_KEYS = ("threshold",)  # task keys that may differ from the trained run's
+RUN_TIME_TASK_KEYS = ("threshold", "constrained")  # may differ from the trained run's
 
 
 def check_same_model(task, run_dir: Path, cfg) -> None:
@@ -470,8 +513,6 @@ def load_run(run_dir: Path, config_files=(), overrides=()):
 
 def evaluate(run_dir: Path, split: str = "validation", config_files=(), overrides=()) -> dict:
     """Evaluate a finished run on a split name (validation/test) or a data file."""
-    from tfsft import metrics as metrics_lib
-
     run_dir = Path(run_dir)
     task, cfg, label_names, model, preprocessor = load_run(run_dir, config_files, overrides)
     if split in ("train", "validation", "test"):
@@ -485,17 +526,14 @@ def evaluate(run_dir: Path, split: str = "validation", config_files=(), override
     targets = task.encode_targets(cfg.task, label_names, ex)
     logits = predict_logits(model, task.encode_inputs(cfg.task, preprocessor, ex),
                             cfg.train.eval_batch_size)
-    rep = task.report(cfg.task, label_names, targets, logits)
+    rep = task.report(cfg.task, label_names, targets, logits, ex)
     with runs.locked(run_dir):  # one writer of metrics.json at a time
         path = run_dir / "metrics.json"
         existing = json.loads(path.read_text()) if path.exists() else {}
         existing[name] = rep
         runs.write_json(path, existing)
         stem = name.replace("file:", "file_").replace("/", "_")
-        (run_dir / "reports").mkdir(exist_ok=True)
-        metrics_lib.plot_confusion_matrix(rep, str(run_dir / "reports" / f"confusion_{stem}.png"),
-                                          title=f"{task.name}: {name}")
-        runs.write_text(run_dir / "reports" / f"report_{stem}.txt", metrics_lib.format_report(rep))
+        write_report_files(rep, run_dir / "reports", stem, f"{task.name}: {name}")
     return rep
 
 
@@ -525,7 +563,7 @@ def predict(run_dir: Path, input_path: str = "-", config_files=(), overrides=())
     ex = task.examples(cfg.task, read_predict_input(input_path), False)
     logits = predict_logits(model, task.encode_inputs(cfg.task, preprocessor, ex),
                             cfg.train.eval_batch_size)
-    for text, out in zip(ex.texts, task.decode(cfg.task, label_names, logits)):
+    for text, out in zip(ex.texts, task.decode(cfg.task, label_names, logits, ex)):
         yield {"text": text, **out}
 
 

@@ -34,6 +34,8 @@ def render() -> str:
         table(config.SECTIONS), "",
         "`task:` keys of `tasks/classification` (and `tasks/sentiment`, which reuses them):",
         "", table({"task": task_cls}), "",
+        "`task:` keys of `tasks/ner` (see [tasks/ner/README.md](tasks/ner/README.md)):",
+        "", table({"task": load_task(REPO / "tasks" / "ner").config_class}), "",
         "`tune:` keys, read by `tfsft tune` only "
         "(see [Hyperparameter search](#hyperparameter-search)):",
         "", table({"tune": tune.TuneConfig})])

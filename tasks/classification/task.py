@@ -241,7 +241,8 @@ def probabilities(cfg: ClassificationConfig, logits: np.ndarray) -> np.ndarray:
     return z / z.sum(axis=1, keepdims=True)
 
 
-def decode(cfg: ClassificationConfig, label_names: list[str], logits: np.ndarray) -> list[dict]:
+def decode(cfg: ClassificationConfig, label_names: list[str], logits: np.ndarray,
+           ex: Examples | None = None) -> list[dict]:
     probs = probabilities(cfg, logits)
     out = []
     for p in probs:
@@ -270,7 +271,7 @@ def serving_outputs(cfg: ClassificationConfig, label_names: list[str], logits) -
 
 
 def report(cfg: ClassificationConfig, label_names: list[str], targets: np.ndarray,
-           logits: np.ndarray) -> dict:
+           logits: np.ndarray, ex: Examples | None = None) -> dict:
     from tfsft import metrics as m
 
     probs = probabilities(cfg, logits)
