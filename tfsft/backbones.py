@@ -48,14 +48,16 @@ def resolve_source(spec: str) -> str:
     return spec
 
 
-def load(spec: str, max_length: int):
-    """(backbone, preprocessor) for a spec; the preprocessor pads/truncates to `max_length`."""
+def load(spec: str, max_length: int, dtype: str | None = None):
+    """(backbone, preprocessor) for a spec; the preprocessor pads/truncates to `max_length`.
+    `dtype`: a Keras dtype policy name for the backbone (None: as saved, float32)."""
     source = resolve_source(spec)
     quiet.import_tensorflow_quietly()
     import keras_hub
 
     try:
-        backbone = keras_hub.models.Backbone.from_preset(source)
+        backbone = keras_hub.models.Backbone.from_preset(
+            source, **({"dtype": dtype} if dtype else {}))
     except Exception as e:  # KerasHub raises ValueError/OSError/HTTP errors for bad presets
         offline = "" if os.path.exists(source) else (
             " Preset names are downloaded by KerasHub and need network; for offline use "

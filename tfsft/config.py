@@ -31,6 +31,9 @@ PATH = {"path": True}  # field metadata: value is a file path (or a `tfds:` sour
 MAYBE_PATH = {"maybe_path": True}  # a path if it looks like one, else a preset name
 
 
+Precision = Literal["float32", "auto", "mixed_bfloat16", "mixed_float16"]
+
+
 @dataclass(frozen=True)
 class DataConfig:
     """Where the examples come from and how they are batched."""
@@ -89,6 +92,7 @@ class TrainConfig:
     seed: int = 42  # seeds Python, NumPy, TensorFlow and Keras; also shuffling and splits
     deterministic: bool = False  # TF op determinism: bit-identical reruns, somewhat slower
     eval_batch_size: int = 64  # batch size for validation, evaluate and predict
+    precision: Precision = "float32"  # compute dtype; auto: mixed_bfloat16 if the hardware has bf16
 
 
 @dataclass(frozen=True)

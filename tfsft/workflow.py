@@ -247,11 +247,16 @@ def check_backbone_fits(cfg, backbone) -> None:
 
 
 def build(task, cfg, num_outputs: int, strategy):
-    """Backbone, preprocessor and task model, built inside the strategy scope."""
-    from tfsft import backbones
+    """Backbone, preprocessor and task model, built inside the strategy scope and under the
+    dtype policy of `train.precision`."""
+    from tfsft import backbones, precision
 
-    with strategy.scope():
-        backbone, preprocessor = backbones.load(cfg.model.backbone, cfg.data.max_length)
+    policy = precision.resolve(cfg.train.precision)
+    if policy != "float32":
+        log(f"precision: {policy} (train.precision={cfg.train.precision})")
+    with strategy.scope(), precision.policy(policy):
+        backbone, preprocessor = backbones.load(cfg.model.backbone, cfg.data.max_length,
+                                                dtype=policy)
         check_backbone_fits(cfg, backbone)
         backbones.set_trainable(backbone, cfg.model.freeze, cfg.model.freeze_layers,
                                 cfg.model.lora_rank)
