@@ -12,7 +12,6 @@ them, tags.py). Predictions give per-word tags and entities with character offse
 from __future__ import annotations
 
 import re
-import sys
 from dataclasses import dataclass
 from typing import Literal
 
@@ -75,10 +74,6 @@ def join_words(words: list[str]) -> tuple[str, list[tuple[int, int]]]:
         offsets.append((pos, pos + len(w)))
         pos += len(w) + 1
     return " ".join(words), offsets
-
-
-def _log(msg: str) -> None:
-    print(f"[tfsft] {msg}", file=sys.stderr, flush=True)
 
 
 def _row(cfg: NerConfig, row: dict, where: str, labelled: bool, problems: list[str]):
@@ -172,10 +167,12 @@ def examples(cfg: NerConfig, rows, labelled: bool = True) -> Sentences:
     if problems:
         raise DataError(problems, rows=bad)
     if repaired:
-        _log(f"WARNING {rows.source}: {len(repaired)} invalid tag transition(s) read as B- "
+        from tfsft.workflow import log
+
+        log(f"WARNING {rows.source}: {len(repaired)} invalid tag transition(s) read as B- "
              "(`task.invalid: repair`); the first:")
         for msg in repaired[:SHOWN]:
-            _log("  " + msg)
+            log("  " + msg)
     return Sentences(out["words"], out["labels"] if labelled else None, out["where"],
                      out["texts"], out["offsets"])
 
