@@ -30,7 +30,7 @@ def _bert_vocab() -> list[str]:
     return ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + POSITIVE + NEGATIVE + FILLER
 
 
-def build_tiny_bert(folder: Path) -> Path:
+def build_tiny_bert(folder: Path, dropout: float = 0.1) -> Path:
     import keras
     import keras_hub
 
@@ -38,7 +38,7 @@ def build_tiny_bert(folder: Path) -> Path:
     tokenizer = keras_hub.models.BertTokenizer(vocabulary=_bert_vocab(), lowercase=True)
     backbone = keras_hub.models.BertBackbone(
         vocabulary_size=len(_bert_vocab()), num_layers=2, num_heads=2, hidden_dim=16,
-        intermediate_dim=32, max_sequence_length=64)
+        intermediate_dim=32, max_sequence_length=64, dropout=dropout)
     preprocessor = keras_hub.models.BertTextClassifierPreprocessor(tokenizer,
                                                                    sequence_length=32)
     backbone.save_to_preset(str(folder))

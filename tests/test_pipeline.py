@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from tfsft import backbones, pipeline
 
@@ -57,17 +58,20 @@ def test_bucketed_epoch_sees_every_row_once_with_less_padding():
     assert padded_b >= enc.lengths.sum()
 
 
-def test_shuffle_is_seeded_and_reshuffles():
+@pytest.mark.parametrize("bucket", [False, True])
+def test_shuffle_is_a_function_of_seed_and_epoch(bucket):
+    """Each epoch has its own order, the same on every pass (what exact resume needs)."""
     enc = _toy_encoded(100)
     targets = np.arange(100, dtype=np.int32)
 
-    def order(seed):
-        ds = pipeline.train_dataset(enc, targets, None, 10, seed=seed, bucket=False)
+    def order(seed, epoch=0):
+        ds = pipeline.train_dataset(enc, targets, None, 10, seed=seed, bucket=bucket,
+                                    epoch=epoch)
         return [y.numpy().tolist() for _, y in ds]
 
-    assert order(1) == order(1)
+    assert order(1) == order(1) and order(1, 3) == order(1, 3)
     assert order(1) != order(2)
-    ds = pipeline.train_dataset(enc, targets, None, 10, seed=1, bucket=True)
-    first = [y.numpy().tolist() for _, y in ds]
-    second = [y.numpy().tolist() for _, y in ds]
-    assert first != second  # a new order every epoch
+    assert order(1, 0) != order(1, 1)  # a new order every epoch
+    ds = pipeline.train_dataset(enc, targets, None, 10, seed=1, bucket=bucket, epoch=2)
+    assert [y.numpy().tolist() for _, y in ds] == [y.numpy().tolist() for _, y in ds]
+    assert sorted(sum(order(1, 2), [])) == list(range(100))  # every row once

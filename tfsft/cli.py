@@ -13,7 +13,7 @@ import sys
 import traceback
 from pathlib import Path
 
-from tfsft.errors import UserError
+from tfsft.errors import Terminated, UserError
 
 EXAMPLES = """\
 examples:
@@ -40,6 +40,9 @@ examples:
   python -m tfsft fit tasks/classification data.train=train.tsv data.validation=dev.tsv \\
       task.text_field=sentence train.learning_rate=3e-5 model.freeze_layers=2
   python -m tfsft fit tasks/sentiment model.lora_rank=8 train.learning_rate=1e-3
+  python -m tfsft fit tasks/sentiment distribute.strategy=mirrored   # all local GPUs
+Stopped by Ctrl-C, SIGTERM or kill -9? Re-running the same command resumes from the last
+checkpoint (train.checkpoint_every steps); --no-resume starts a new run instead.
 """),
     "tune": ("search hyperparameters (Keras Tuner), one fit per trial", """\
 examples:
@@ -140,6 +143,9 @@ def parser() -> argparse.ArgumentParser:
             p.add_argument("--quiet", action="store_true", help="one line per epoch")
             p.add_argument("--no-model", action="store_true",
                            help="do not write model/ (metrics only; tune trials use this)")
+            p.add_argument("--no-resume", action="store_true",
+                           help="start a new run even if an unfinished run of the same config "
+                           "and data left a resume checkpoint (default: continue it)")
         if name == "data":
             p.add_argument("--out", help="inspect: also write inspect.json and "
                            "token_lengths.png here; clean, split: the output folder")
@@ -220,11 +226,6 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(signal.SIGTERM, previous)
 
 
-class Terminated(KeyboardInterrupt):
-    """SIGTERM (a scheduler or a preempted VM stopping us): unwound like Ctrl-C, so the run's
-    manifest is marked `interrupted` and its lock released."""
-
-
 def _terminated(signum, frame):
     raise Terminated()
 
@@ -233,7 +234,8 @@ def cmd_fit(args) -> int:
     from tfsft import workflow
 
     run = workflow.fit(args.task, args.config, args.overrides, args.output, args.overwrite,
-                       verbose=2 if args.quiet else None, save_model=not args.no_model)
+                       verbose=2 if args.quiet else None, save_model=not args.no_model,
+                       resume=not args.no_resume)
     print(f"run finished: {run}")
     print(json.dumps({k: workflow.key_metrics(v)
                       for k, v in json.loads((run / "metrics.json").read_text()).items()}))

@@ -93,6 +93,18 @@ class TrainConfig:
     deterministic: bool = False  # TF op determinism: bit-identical reruns, somewhat slower
     eval_batch_size: int = 64  # batch size for validation, evaluate and predict
     precision: Precision = "float32"  # compute dtype; auto: mixed_bfloat16 if the hardware has bf16
+    checkpoint_every: int = 500  # optimizer steps between resume checkpoints (0: epoch ends only)
+
+
+Strategy = Literal["auto", "one_device", "mirrored", "tpu"]
+
+
+@dataclass(frozen=True)
+class DistributeConfig:
+    """Where the training step runs (tf.distribute); see the README's distributed section."""
+
+    strategy: Strategy = "auto"  # auto: TPU if attached, else all GPUs (mirrored), else one device
+    cpu_devices: int = 0  # split the CPU into N logical devices (mirrored tests without GPUs)
 
 
 @dataclass(frozen=True)
@@ -103,9 +115,11 @@ class RunConfig:
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
     train: TrainConfig = TrainConfig()
+    distribute: DistributeConfig = DistributeConfig()
 
 
-SECTIONS = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig}
+SECTIONS = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig,
+            "distribute": DistributeConfig}
 
 
 # --------------------------------------------------------------------------- loading
@@ -219,6 +233,9 @@ def load_config(task_config_class: type, task_yaml: Path | None = None,
     for section, cls in classes.items():
         values[section] = build_dataclass(cls, merged.get(section, {}), section, errors)
     errors.extend(cross_check(values["data"], values["train"], values["model"]))
+    if not 0 <= values["distribute"].cpu_devices <= 64:
+        errors.append(f"`distribute.cpu_devices` ({values['distribute'].cpu_devices}) must be "
+                      ">= 0 and at most 64")
     if errors:
         raise ConfigError(errors)
     return RunConfig(**values)
@@ -267,7 +284,8 @@ def cross_check(data: DataConfig, train: TrainConfig, model: ModelConfig) -> lis
                         ("model.freeze_layers", model.freeze_layers),
                         ("model.lora_rank", model.lora_rank), ("train.clip_norm", train.clip_norm),
                         ("train.weight_decay", train.weight_decay),
-                        ("train.early_stopping_patience", train.early_stopping_patience)]:
+                        ("train.early_stopping_patience", train.early_stopping_patience),
+                        ("train.checkpoint_every", train.checkpoint_every)]:
         if value < 0:
             errors.append(f"`{name}` ({value}) must be >= 0")
     if model.lora_rank and (model.freeze != "none" or model.freeze_layers):

@@ -7,7 +7,8 @@
    names the file/key and the fix, no traceback (`--debug` shows it)
 3  `TrainingError`: training itself failed on something the user can act on (diverged
    loss, out of memory, checkpoint not writable)
-130 interrupted (Ctrl-C or SIGTERM); the run's manifest says `interrupted`
+130 interrupted (Ctrl-C or SIGTERM); the run's manifest says `interrupted`; during training
+    a checkpoint is saved first and the same command resumes from it
 """
 
 from __future__ import annotations
@@ -65,3 +66,9 @@ class TrainingError(UserError):
     tell a failed training from bad input."""
 
     exit_code = 3
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a scheduler or a preempted VM stopping us): unwound like Ctrl-C, so the run's
+    manifest is marked `interrupted` and its lock released; during training a resume
+    checkpoint is written first."""

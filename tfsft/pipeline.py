@@ -72,13 +72,16 @@ def _trim(x, *rest):
 
 
 def train_dataset(enc: Encoded, targets: np.ndarray, weights: np.ndarray | None,
-                  batch_size: int, seed: int, bucket: bool):
-    """Shuffled, optionally length-grouped training batches (one pass = one epoch)."""
+                  batch_size: int, seed: int, bucket: bool, epoch: int = 0):
+    """Shuffled, optionally length-grouped training batches of one epoch. The order is a
+    pure function of (seed, epoch): a resumed run skips the batches it has done and sees
+    the rest in the same order as an uninterrupted run."""
     import tensorflow as tf
 
     parts = (enc.features, targets) if weights is None else (enc.features, targets, weights)
+    seed = seed + 7919 * epoch
     ds = tf.data.Dataset.from_tensor_slices(parts)
-    ds = ds.shuffle(len(enc), seed=seed, reshuffle_each_iteration=True)
+    ds = ds.shuffle(len(enc), seed=seed, reshuffle_each_iteration=False)
     if bucket:
         def sort_chunk(*chunk):
             order = tf.argsort(tf.reduce_sum(chunk[0]["padding_mask"], axis=1), stable=True)
@@ -86,7 +89,7 @@ def train_dataset(enc: Encoded, targets: np.ndarray, weights: np.ndarray | None,
             return tf.data.Dataset.from_tensor_slices(chunk).batch(batch_size)
 
         ds = ds.batch(batch_size * CHUNK_BATCHES).flat_map(sort_chunk)
-        ds = ds.shuffle(CHUNK_BATCHES, seed=seed + 1, reshuffle_each_iteration=True)
+        ds = ds.shuffle(CHUNK_BATCHES, seed=seed + 1, reshuffle_each_iteration=False)
         # chunks are whole multiples of the batch size, so the batch count is exact
         ds = ds.apply(tf.data.experimental.assert_cardinality(
             steps_per_epoch(len(enc), batch_size)))

@@ -7,7 +7,7 @@ Layout of `runs/<task>-<timestamp>/`:
     data_summary.json   rows, label distribution, token lengths per split
     manifest.json       versions, data sha256 and row counts, seed, command, status
     history.jsonl       one line of logs per epoch
-    checkpoints/        best weights during training
+    checkpoints/        during training: resume.npz (exact resume), best/last weights
     tensorboard/        TensorBoard logs
     model/              final model: KerasHub preset of backbone + preprocessor, head.npz
     metrics.json        evaluation per split
@@ -186,9 +186,13 @@ def versions() -> dict:
     return out
 
 
+def now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
+
+
 def manifest(seed: int, data_files: dict, status: str = "running") -> dict:
     return {"command": [Path(sys.argv[0]).name, *sys.argv[1:]], "cwd": os.getcwd(),
-            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "seed": seed,
+            "started": now(), "seed": seed,
             "versions": versions(), "data": data_files, "status": status}
 
 

@@ -1,20 +1,36 @@
-"""The training engine: optimizer, schedule, callbacks and the loop (today `model.fit`).
+"""The training engine: optimizer, schedule, the training step and the loop.
 
-Everything that steps the model lives here behind one function, `train()`, so the loop
-can become a `strategy.run` step with exact mid-epoch resume (see the README's
-architecture section) without touching tasks, data or the CLI.
+Everything that steps the model lives here behind one function, `train()`. The step is
+our own `tf.function` run with `strategy.run` (the Model Garden / Orbit way), not Keras'
+`model.fit`: `fit` fails under MultiWorkerMirroredStrategy (tensorflow#72388) and cannot
+resume inside an epoch (BackupAndRestore restores only the epoch). Owning the step gives:
+
+- one loss definition for any number of replicas and accumulated batches: the task loss
+  summed over every valid element of the global batch, divided by their global count, so
+  one device and N replicas compute the same update (tests/test_training.py);
+- gradient clipping on the all-reduced gradient (Keras clips each replica's own);
+- exact resume: a checkpoint (checkpoints.save_state) holds the model's variables (seed
+  generator states included), the optimizer's, the training metrics', and the position
+  (epoch, update, batch); every epoch's order is a pure function of (seed, epoch), so a
+  restart skips the consumed batches and continues the same sequence bit for bit;
+- SIGTERM / Ctrl-C write a checkpoint at the next update boundary before stopping.
 """
 
 from __future__ import annotations
 
-import json
+import contextlib
 import math
 import shutil
+import signal
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import keras
+import numpy as np
+
+from tfsft.errors import Terminated, TrainingError
 
 NO_DECAY = ["bias", "gamma", "beta", "LayerNorm", "layer_norm"]
 
@@ -55,171 +71,52 @@ class WarmupDecay(keras.optimizers.schedules.LearningRateSchedule):
 
 
 def make_optimizer(learning_rate: float, total_steps: int, warmup_ratio: float, schedule: str,
-                   weight_decay: float, clip_norm: float, grad_accum_steps: int):
-    """AdamW with warmup+decay; no weight decay on biases and LayerNorm; global-norm clip."""
+                   weight_decay: float):
+    """AdamW with warmup+decay over `total_steps` optimizer updates; no weight decay on
+    biases and LayerNorm. Clipping and gradient accumulation are done by the training step
+    (on the all-reduced gradient), not by the optimizer."""
     lr = WarmupDecay(learning_rate, total_steps, round(total_steps * warmup_ratio), schedule)
-    optimizer = keras.optimizers.AdamW(
-        learning_rate=lr, weight_decay=weight_decay, global_clipnorm=clip_norm or None,
-        gradient_accumulation_steps=grad_accum_steps if grad_accum_steps > 1 else None)
+    optimizer = keras.optimizers.AdamW(learning_rate=lr, weight_decay=weight_decay)
     optimizer.exclude_from_weight_decay(var_names=NO_DECAY)
     return optimizer
 
 
-class Throughput(keras.callbacks.Callback):
-    """Logs examples/s and the learning rate to TensorBoard, and `train_seconds` /
-    `examples_per_second` of each epoch's training batches (the first epoch includes
-    graph tracing) to the epoch logs."""
-
-    def __init__(self, batch_size: int, log_dir: str, every: int = 10):
-        super().__init__()
-        self.batch_size, self.every = batch_size, every
-        self.writer_dir = log_dir
-        self._writer = None
-
-    def on_train_begin(self, logs=None):
-        import tensorflow as tf
-
-        self._writer = tf.summary.create_file_writer(str(Path(self.writer_dir) / "train"))
-        self._step = 0
-        self._t = time.perf_counter()
-        self._examples = 0
-        self._epoch_t = time.perf_counter()
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self._epoch_t, self._epoch_steps = time.perf_counter(), 0
-        self._last_batch_t = self._epoch_t
-
-    def on_train_batch_end(self, batch, logs=None):
-        import tensorflow as tf
-
-        self._step += 1
-        self._epoch_steps += 1
-        self._last_batch_t = time.perf_counter()
-        if self._step % self.every == 0:
-            now = time.perf_counter()
-            rate = self.every * self.batch_size / (now - self._t)
-            self._t = now
-            lr = self.model.optimizer.learning_rate
-            with self._writer.as_default(step=self._step):
-                tf.summary.scalar("examples_per_second", rate)
-                tf.summary.scalar("learning_rate", float(keras.ops.convert_to_numpy(lr)))
-                if logs and "loss" in logs:
-                    tf.summary.scalar("batch_loss", float(logs["loss"]))
-            self._writer.flush()
-
-    def on_epoch_end(self, epoch, logs=None):
-        # training batches only: validation runs after the last batch and is not counted
-        seconds = self._last_batch_t - self._epoch_t
-        if logs is not None:
-            logs["train_seconds"] = seconds
-            logs["examples_per_second"] = self._epoch_steps * self.batch_size / max(seconds, 1e-9)
-
-
-class HistoryFile(keras.callbacks.Callback):
-    """Appends each epoch's logs as one JSON line to `history.jsonl` in the run directory."""
-
-    def __init__(self, path: Path):
-        super().__init__()
-        self.path = Path(path)
-
-    def on_epoch_end(self, epoch, logs=None):
-        row = {"epoch": epoch + 1, **{k: float(v) for k, v in (logs or {}).items()}}
-        with self.path.open("a", encoding="utf-8") as f:
-            f.write(json.dumps(row) + "\n")
-
-
 @dataclass(frozen=True)
 class Plan:
-    """How long training runs, in batches (what Keras' LR schedules count, even with
-    gradient accumulation) and epochs."""
+    """How long training runs. An update (optimizer step) consumes `grad_accum_steps`
+    batches; the last update of an epoch may consume fewer (accumulation never spans two
+    epochs, so every epoch starts at an update boundary)."""
 
     epochs: int
     batches_per_epoch: int
-    total_batches: int
+    updates_per_epoch: int
+    total_updates: int
 
 
 def plan(rows: int, batch_size: int, epochs: int, max_steps: int, grad_accum_steps: int) -> Plan:
-    """`max_steps` counts optimizer updates (each `grad_accum_steps` batches)."""
+    """`max_steps` counts optimizer updates."""
     from tfsft.pipeline import steps_per_epoch
 
     per_epoch = steps_per_epoch(rows, batch_size)
-    total = per_epoch * epochs if epochs else 0
+    updates = -(-per_epoch // grad_accum_steps)
+    total = updates * epochs if epochs else 0
     if max_steps:
-        cap = max_steps * grad_accum_steps
-        total = min(total, cap) if total else cap
-    return Plan(-(-total // per_epoch), per_epoch, total)
+        total = min(total, max_steps) if total else max_steps
+    return Plan(-(-total // updates), per_epoch, updates, total)
 
 
-class StopAfter(keras.callbacks.Callback):
-    """Stops training after exactly `batches` batches, also in the middle of an epoch."""
+@dataclass(frozen=True)
+class Settings:
+    """What the loop needs beyond the model and data (from `train.*`)."""
 
-    def __init__(self, batches: int):
-        super().__init__()
-        self.batches, self.seen = batches, 0
-
-    def on_train_batch_end(self, batch, logs=None):
-        self.seen += 1
-        if self.seen >= self.batches:
-            self.model.stop_training = True
-
-
-class DivergenceGuard(keras.callbacks.Callback):
-    """Stops training at the first batch whose loss is NaN or infinite, and remembers it."""
-
-    def __init__(self):
-        super().__init__()
-        self.bad: dict | None = None
-        self._epoch = 0
-        self._seen = 0
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self._epoch = epoch
-
-    def on_train_batch_end(self, batch, logs=None):
-        self._seen += 1
-        loss = (logs or {}).get("loss")
-        if loss is not None and not math.isfinite(float(loss)) and self.bad is None:
-            self.bad = {"loss": float(loss), "step": self._seen, "epoch": self._epoch + 1,
-                        "batch": batch + 1}
-            self.model.stop_training = True
-
-
-class Checkpoints(keras.callbacks.Callback):
-    """At each epoch end with a finite loss: `last.weights.h5`, and with `keep_best` also
-    `best.weights.h5` when `monitor` improved. Both written atomically (checkpoints.py)."""
-
-    def __init__(self, folder: Path, monitor: str, mode: str, keep_best: bool):
-        super().__init__()
-        self.folder, self.monitor, self.mode = Path(folder), monitor, mode
-        self.keep_best = keep_best
-        self.best: float | None = None
-        self.best_epoch: int | None = None
-        self.last_epoch: int | None = None
-
-    @property
-    def last_path(self) -> Path:
-        return self.folder / "last.weights.h5"
-
-    @property
-    def best_path(self) -> Path:
-        return self.folder / "best.weights.h5"
-
-    def on_epoch_end(self, epoch, logs=None):
-        from tfsft import checkpoints
-
-        logs = logs or {}
-        if not math.isfinite(float(logs.get("loss", float("nan")))):
-            return  # never overwrite a good checkpoint with diverged weights
-        checkpoints.save_weights(self.model, self.last_path)
-        self.last_epoch = epoch + 1
-        value = logs.get(self.monitor)
-        if not self.keep_best or value is None or not math.isfinite(float(value)):
-            return
-        better = (self.best is None or (value < self.best if self.mode == "min"
-                                        else value > self.best))
-        if better:
-            self.best, self.best_epoch = float(value), epoch + 1
-            checkpoints.save_weights(self.model, self.best_path)
+    batch_size: int  # rows per batch, all replicas together
+    grad_accum_steps: int = 1
+    clip_norm: float = 0.0  # global-norm clip of the update's gradient (0: off)
+    monitor: str = "val_loss"
+    patience: int = 0  # epochs without improvement of `monitor` before stopping (0: off)
+    keep_best: bool = True
+    checkpoint_every: int = 0  # updates between resume checkpoints (0: epoch ends only)
+    log_every: int = 10  # updates between TensorBoard batch scalars
 
 
 @dataclass(frozen=True)
@@ -230,67 +127,377 @@ class TrainResult:
     steps: int
 
 
-def train(model, train_ds, val_ds, *, plan: Plan, batch_size: int, run_dir: Path,
-          monitor: str, patience: int, keep_best: bool, verbose: int = 1,
-          advice: str = "") -> TrainResult:
-    """Fit `model` (compiled) and leave it holding the weights to keep.
+# --------------------------------------------------------------------------- the step
 
-    Runs `plan.total_batches` batches (stopping inside an epoch if need be); with keep_best
-    the weights of the best epoch by `monitor` (loss-like metrics are minimised) are
-    restored at the end. A NaN/Inf loss or running out of memory raises `TrainingError`
-    (with `advice`: what to change in the config); the last good epoch's weights stay in
-    `checkpoints/last.weights.h5`.
-    """
-    from tfsft.errors import TrainingError
 
+def loss_terms(loss, y, pred, weights=None):
+    """(sum, count) of a Keras loss over one batch: the loss summed over its valid elements
+    (weighted), and what Keras' reduction divides that by (the valid elements; their total
+    weight for `mean_with_sample_weight`). sum / count is the loss Keras reports for the
+    batch; summing both over replicas and accumulated batches first gives the loss of the
+    whole global batch, whatever way it was split."""
     import tensorflow as tf
 
+    elem = tf.cast(loss.call(y, pred), tf.float32)
+    valid = tf.ones_like(elem)
+    ignore = getattr(loss, "ignore_class", None)
+    if ignore is not None:  # e.g. NER: targets -1 for words the model does not see
+        valid = tf.reshape(tf.cast(tf.not_equal(y, ignore), tf.float32), tf.shape(elem))
+    weight = valid
+    if weights is not None:
+        w = tf.cast(weights, tf.float32)
+        while w.shape.rank < elem.shape.rank:
+            w = w[..., None]
+        weight = valid * w
+    total = tf.reduce_sum(elem * weight)
+    count = tf.reduce_sum(weight if loss.reduction == "mean_with_sample_weight" else valid)
+    return total, count
+
+
+def _unpack(batch):
+    x, y, *rest = batch
+    return x, y, (rest[0] if rest else None)
+
+
+def _rows(x):
+    import tensorflow as tf
+
+    return tf.shape(tf.nest.flatten(x)[0])[0]
+
+
+def make_train_step(model, optimizer, loss, metrics, strategy, clip_norm: float):
+    """`step(iterator, n) -> (loss sum, count, rows)`: one optimizer update from the next
+    `n` global batches of a distributed iterator."""
+    import tensorflow as tf
+
+    replicas = strategy.num_replicas_in_sync
+    variables = model.trainable_variables
+
+    def replica_step(batches):
+        acc, total, count, rows = None, 0.0, 0.0, 0
+        for batch in batches:
+            x, y, w = _unpack(batch)
+            # one batch's activations at a time: the next forward waits for these gradients
+            after = [g for g in (acc or []) if g is not None]
+            with tf.control_dependencies(after):
+                with tf.GradientTape() as tape:
+                    pred = model(x, training=True)
+                    s, c = loss_terms(loss, y, pred, w)
+                    scaled = optimizer.scale_loss(s)
+                grads = tape.gradient(scaled, variables)
+            # Embedding gradients arrive as IndexedSlices with one slice per token
+            # occurrence. Keras' Adam squares the slices before summing duplicates, so its
+            # second moment gets sum(g_i^2) where it needs (sum g_i)^2, and a different
+            # split over replicas gives a different update. Dense gradients are exact.
+            grads = [None if g is None else tf.convert_to_tensor(g) for g in grads]
+            acc = grads if acc is None else [
+                a if g is None else (g if a is None else a + g) for a, g in zip(acc, grads)]
+            for m in metrics:
+                m.update_state(y, pred)
+            total, count, rows = total + s, count + c, rows + _rows(x)
+        present = [i for i, g in enumerate(acc) if g is not None]
+        grads = [acc[i] for i in present]
+        global_count = count
+        if replicas > 1:
+            *grads, global_count = tf.distribute.get_replica_context().all_reduce(
+                tf.distribute.ReduceOp.SUM, [*grads, count])
+        grads = [g / tf.maximum(global_count, 1.0) for g in grads]
+        if clip_norm:  # on the whole update's gradient (scaled when float16 scales the loss)
+            grads, _ = tf.clip_by_global_norm(grads, clip_norm * optimizer.scale_loss(1.0))
+        if replicas > 1:  # the Keras optimizer sums over replicas; each adds its share
+            grads = [g / replicas for g in grads]
+        optimizer.apply(grads, [variables[i] for i in present])
+        return total, count, rows
+
+    sum_ = tf.distribute.ReduceOp.SUM
+
+    @tf.function(reduce_retracing=True)
+    def step(iterator, n: int):
+        batches = tuple(next(iterator) for _ in range(n))
+        s, c, r = strategy.run(replica_step, args=(batches,))
+        return (strategy.reduce(sum_, s, axis=None), strategy.reduce(sum_, c, axis=None),
+                strategy.reduce(sum_, r, axis=None))
+
+    return step
+
+
+def make_eval_step(model, loss, metrics, strategy):
+    """`step(iterator) -> (loss sum, count)` of the next global batch; updates `metrics`."""
+    import tensorflow as tf
+
+    def replica_step(batch):
+        x, y, _w = _unpack(batch)  # validation is unweighted
+        pred = model(x, training=False)
+        for m in metrics:
+            m.update_state(y, pred)
+        return loss_terms(loss, y, pred)
+
+    sum_ = tf.distribute.ReduceOp.SUM
+
+    @tf.function(reduce_retracing=True)
+    def step(iterator):
+        s, c = strategy.run(replica_step, args=(next(iterator),))
+        return strategy.reduce(sum_, s, axis=None), strategy.reduce(sum_, c, axis=None)
+
+    return step
+
+
+def evaluate(model, dataset, loss, metrics, strategy) -> dict:
+    """{"loss": ..., <metric>: ...} over a whole (finite) dataset."""
+    import tensorflow as tf
+
+    step = make_eval_step(model, loss, metrics, strategy)
+    for m in metrics:
+        m.reset_state()
+    total = count = 0.0
+    it = iter(strategy.experimental_distribute_dataset(dataset))
+    while True:
+        try:
+            s, c = step(it)
+        except (StopIteration, tf.errors.OutOfRangeError):
+            break
+        total, count = total + float(s), count + float(c)
+    return {"loss": total / max(count, 1.0), **{m.name: float(m.result()) for m in metrics}}
+
+
+# --------------------------------------------------------------------------- the loop
+
+
+@contextlib.contextmanager
+def stop_signals():
+    """While training, SIGTERM and the first Ctrl-C only raise a flag: the loop saves a
+    checkpoint at the next update boundary, then stops. A second Ctrl-C stops at once."""
+    flag: dict = {"signal": None}
+    if threading.current_thread() is not threading.main_thread():
+        yield flag
+        return
+
+    def handler(signum, frame):
+        if flag["signal"] is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        flag["signal"] = signum
+
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield flag
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+@dataclass
+class Position:
+    """Where training is; saved in every checkpoint."""
+
+    epoch: int = 0  # epochs finished
+    update_in_epoch: int = 0  # updates done in the current epoch
+    updates: int = 0  # updates done in all
+    batches: int = 0  # batches consumed in all
+    loss_sum: float = 0.0  # this epoch so far
+    loss_count: float = 0.0
+    rows: int = 0
+    seconds: float = 0.0
+    best: float | None = None
+    best_epoch: int | None = None
+    wait: int = 0  # epochs since `monitor` last improved
+    stopped_early: bool = False
+
+
+def state_variables(model, optimizer, metrics) -> list:
+    """Everything a checkpoint must hold for an exact resume, in a fixed order."""
+    out, seen = [], set()
+    for v in [*model.variables, *optimizer.variables, *(v for m in metrics for v in m.variables)]:
+        if id(v) not in seen:
+            seen.add(id(v))
+            out.append(v)
+    return out
+
+
+def train(model, epoch_data, val_data, *, loss, metrics, strategy, plan: Plan,
+          settings: Settings, run_dir: Path, verbose: int = 1, advice: str = "") -> TrainResult:
+    """Train `model` (its optimizer: `model.optimizer`) and leave it holding the weights to
+    keep; resumes from `run_dir/checkpoints/resume.npz` when that exists.
+
+    `epoch_data(epoch)` returns the epoch's training batches (x, y[, weights]), the same
+    every time for the same epoch; `val_data` the validation batches (or None); `metrics()`
+    new metric objects. Runs `plan.total_updates` updates (stopping inside an epoch if
+    need be); with keep_best the weights of the best epoch by `monitor` (loss-like metrics
+    are minimised) are restored at the end. A NaN/Inf loss or running out of memory raises
+    `TrainingError` (with `advice`); the last finished epoch's weights stay in
+    `checkpoints/last.weights.h5`. SIGTERM or Ctrl-C saves a checkpoint, then raises
+    `Terminated` / `KeyboardInterrupt`.
+    """
+    import tensorflow as tf
+
+    from tfsft import checkpoints, trainlog
+
     run_dir = Path(run_dir)
-    mode = "min" if "loss" in monitor else "max"
-    (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
-    guard = DivergenceGuard()
-    saver = Checkpoints(run_dir / "checkpoints", monitor, mode, keep_best and val_ds is not None)
-    callbacks = [
-        guard,
-        Throughput(batch_size, str(run_dir / "tensorboard")),
-        keras.callbacks.TensorBoard(str(run_dir / "tensorboard"), update_freq="epoch"),
-        HistoryFile(run_dir / "history.jsonl"),
-        StopAfter(plan.total_batches),
-        saver,
-    ]
-    if val_ds is not None and patience:
-        callbacks.append(keras.callbacks.EarlyStopping(monitor=monitor, mode=mode,
-                                                       patience=patience, verbose=1))
+    folder = run_dir / "checkpoints"
+    folder.mkdir(parents=True, exist_ok=True)
+    optimizer = model.optimizer
+    with strategy.scope():
+        optimizer.build(model.trainable_variables)
+        train_metrics, val_metrics = metrics(), metrics()
+    step = make_train_step(model, optimizer, loss, train_metrics, strategy, settings.clip_norm)
+    variables = state_variables(model, optimizer, train_metrics)
+    log = trainlog.Log(run_dir)
+    pos = Position()
+    resume_path = folder / "resume.npz"
+    keep_best = settings.keep_best and val_data is not None
+    mode = "min" if "loss" in settings.monitor else "max"
+
+    def save():
+        meta = {"position": vars(pos), "plan": vars(plan), "log": log.state()}
+        checkpoints.save_state(resume_path, [np.asarray(v.numpy()) for v in variables], meta)
+        log.flush()
+
+    if resume_path.exists():
+        arrays, meta = checkpoints.load_state(resume_path, len(variables))
+        if meta["plan"] != vars(plan):
+            raise TrainingError(f"{resume_path} was written for another training plan "
+                                f"({meta['plan']}, now {vars(plan)}); delete it to start over")
+        for v, a in zip(variables, arrays):
+            v.assign(a)
+        pos = Position(**meta["position"])
+        log.restore(meta["log"])
+        log.flush()
+        _log(f"resuming from {resume_path}: update {pos.updates} of {plan.total_updates} "
+             f"(epoch {pos.epoch + 1}, update {pos.update_in_epoch} of the epoch)")
+
     start = time.perf_counter()
     try:
-        hist = model.fit(train_ds, validation_data=val_ds, epochs=plan.epochs, shuffle=False,
-                         callbacks=callbacks, verbose=verbose)
+        with stop_signals() as stop:
+            while pos.updates < plan.total_updates and not pos.stopped_early:
+                _run_epoch(model, optimizer, step, epoch_data, val_data, loss, train_metrics,
+                           val_metrics, strategy, plan, settings, pos, log, save, stop,
+                           folder, keep_best, mode, verbose, advice)
     except (tf.errors.ResourceExhaustedError, MemoryError) as e:
-        step = int(keras.ops.convert_to_numpy(model.optimizer.iterations))
         raise TrainingError(
-            f"out of memory after {step} optimizer steps, with batches of {batch_size} "
-            f"({type(e).__name__}). Lower `train.global_batch_size` and raise "
-            "`train.grad_accum_steps` to keep the same effective batch (for example "
-            f"train.global_batch_size={max(batch_size // 2, 1)} train.grad_accum_steps=2), "
-            "or lower `data.max_length`." + _last_good(saver)) from None
+            f"out of memory after {pos.updates} optimizer steps, with batches of "
+            f"{settings.batch_size} ({type(e).__name__}). Lower `train.global_batch_size` "
+            "and raise `train.grad_accum_steps` to keep the same effective batch (for example "
+            f"train.global_batch_size={max(settings.batch_size // 2, 1)} "
+            "train.grad_accum_steps=2), or lower `data.max_length`."
+            + _last_good(folder, pos.epoch)) from None
     seconds = time.perf_counter() - start
-    if guard.bad:
-        b = guard.bad
-        raise TrainingError(
-            f"training diverged: the loss became {b['loss']} at training batch {b['step']} "
-            f"(epoch {b['epoch']}, batch {b['batch']}). {advice}".rstrip()
-            + _last_good(saver))
-    rows = [dict(zip(hist.history, vals)) for vals in zip(*hist.history.values())]
-    steps = int(keras.ops.convert_to_numpy(model.optimizer.iterations))  # before any restore
-    if saver.best_epoch is not None:
-        model.load_weights(str(saver.best_path))
+    if pos.best_epoch is not None:
+        model.load_weights(str(folder / "best.weights.h5"))
     # the model now holds the weights to keep, saved next as model/: no second copy
-    shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
-    return TrainResult([{k: float(v) for k, v in r.items()} for r in rows], saver.best_epoch,
-                       seconds, steps)
+    shutil.rmtree(folder, ignore_errors=True)
+    return TrainResult(list(log.history), pos.best_epoch, seconds, pos.updates)
 
 
-def _last_good(saver: Checkpoints) -> str:
-    if saver.last_epoch is None:
+def _run_epoch(model, optimizer, step, epoch_data, val_data, loss, train_metrics, val_metrics,
+               strategy, plan, settings, pos, log, save, stop, folder, keep_best, mode,
+               verbose, advice) -> None:
+    from tfsft import checkpoints
+
+    accum = settings.grad_accum_steps
+    first_update = pos.updates - pos.update_in_epoch  # of this epoch
+    updates = min(plan.updates_per_epoch, plan.total_updates - first_update)
+    if pos.update_in_epoch == 0:
+        for m in train_metrics:
+            m.reset_state()
+        pos.loss_sum = pos.loss_count = pos.seconds = 0.0
+        pos.rows = 0
+    dataset = epoch_data(pos.epoch)
+    if pos.update_in_epoch:  # resumed inside the epoch: the same order, minus what was done
+        dataset = dataset.skip(pos.update_in_epoch * accum)
+    iterator = iter(strategy.experimental_distribute_dataset(dataset))
+    if verbose:
+        print(f"Epoch {pos.epoch + 1}/{plan.epochs}", flush=True)
+    bar = keras.utils.Progbar(updates, verbose=verbose, unit_name="step")
+    window_t, window_rows = time.perf_counter(), 0
+    while pos.update_in_epoch < updates:
+        n = min(accum, plan.batches_per_epoch - pos.update_in_epoch * accum)
+        t0 = time.perf_counter()
+        s, c, r = step(iterator, n)
+        s, c, r = float(s), float(c), int(r)
+        pos.seconds += time.perf_counter() - t0
+        pos.updates += 1
+        pos.update_in_epoch += 1
+        pos.batches += n
+        batch_loss = s / max(c, 1.0)
+        if not math.isfinite(batch_loss):
+            in_epoch = (pos.update_in_epoch - 1) * accum + n
+            raise TrainingError(
+                f"training diverged: the loss became {batch_loss} at training batch "
+                f"{pos.batches} (epoch {pos.epoch + 1}, batch {in_epoch}). "
+                f"{advice}".rstrip() + _last_good(folder, pos.epoch))
+        pos.loss_sum, pos.loss_count, pos.rows = pos.loss_sum + s, pos.loss_count + c, pos.rows + r
+        window_rows += r
+        if pos.updates % settings.log_every == 0:
+            now = time.perf_counter()
+            log.scalar("train", "batch_loss", pos.updates, batch_loss)
+            log.scalar("train", "examples_per_second", pos.updates,
+                       window_rows / max(now - window_t, 1e-9))
+            log.scalar("train", "learning_rate", pos.updates, _learning_rate(optimizer))
+            window_t, window_rows = now, 0
+        if pos.update_in_epoch < updates:
+            if verbose == 1:
+                bar.update(pos.update_in_epoch, _running(pos, train_metrics))
+            due = settings.checkpoint_every and pos.updates % settings.checkpoint_every == 0
+            if due or stop["signal"]:
+                save()
+            if stop["signal"]:
+                _stop(stop["signal"], pos, folder)
+    logs = _running(pos, train_metrics)
+    if val_data is not None:
+        logs += [(f"val_{k}", v) for k, v in
+                 evaluate(model, val_data, loss, val_metrics, strategy).items()]
+    logs = dict(logs)
+    logs["learning_rate"] = _learning_rate(optimizer)
+    logs["train_seconds"] = pos.seconds
+    logs["examples_per_second"] = pos.rows / max(pos.seconds, 1e-9)
+    bar.update(updates, [(k, v) for k, v in logs.items() if k != "learning_rate"],
+               finalize=True)
+    finite = math.isfinite(logs["loss"])
+    if finite:
+        checkpoints.save_weights(model, folder / "last.weights.h5")
+    value = logs.get(settings.monitor)
+    if finite and value is not None and math.isfinite(value):
+        if pos.best is None or (value < pos.best if mode == "min" else value > pos.best):
+            pos.best, pos.wait = float(value), 0
+            if keep_best:
+                pos.best_epoch = pos.epoch + 1
+                checkpoints.save_weights(model, folder / "best.weights.h5")
+        else:
+            pos.wait += 1
+    pos.epoch += 1
+    pos.update_in_epoch = 0
+    if settings.patience and pos.wait >= settings.patience and val_data is not None:
+        pos.stopped_early = True
+        _log(f"early stopping: `{settings.monitor}` has not improved for {pos.wait} epochs")
+    log.epoch(pos.epoch, logs)
+    save()
+    if stop["signal"]:
+        _stop(stop["signal"], pos, folder)
+
+
+def _running(pos: Position, metrics) -> list:
+    return [("loss", pos.loss_sum / max(pos.loss_count, 1.0)),
+            *((m.name, float(m.result())) for m in metrics)]
+
+
+def _learning_rate(optimizer) -> float:
+    return float(keras.ops.convert_to_numpy(optimizer.learning_rate))
+
+
+def _stop(signum: int, pos: Position, folder: Path):
+    name = "SIGTERM" if signum == signal.SIGTERM else "Ctrl-C"
+    _log(f"{name}: checkpoint saved after update {pos.updates} (epoch {pos.epoch + 1}) in "
+         f"{folder / 'resume.npz'}; run the same command again to resume from there")
+    raise Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
+
+
+def _log(msg: str) -> None:
+    import sys
+
+    print(f"[tfsft] {msg}", file=sys.stderr, flush=True)
+
+
+def _last_good(folder: Path, epochs_done: int) -> str:
+    last = folder / "last.weights.h5"
+    if not last.exists():
         return " No epoch finished, so there is no checkpoint to keep."
-    return f" The weights after epoch {saver.last_epoch} are kept in {saver.last_path}."
+    return f" The weights after epoch {epochs_done} are kept in {last}."

@@ -17,7 +17,7 @@ import numpy as np
 from tfsft import config as config_lib
 from tfsft import data as data_lib
 from tfsft import runs, tasks
-from tfsft.errors import ConfigError, DataError
+from tfsft.errors import ConfigError, DataError, RunDirError
 
 
 def log(msg: str) -> None:
@@ -279,14 +279,15 @@ def check_training_config(task, cfg) -> None:
         raise ConfigError(problems)
 
 
-def compile_model(task, cfg, model, total_batches: int, strategy) -> None:
+def compile_model(task, cfg, model, total_updates: int, strategy) -> None:
+    """Optimizer (its schedule spans `total_updates`), loss and metrics, in the strategy's
+    scope and with a LossScaleOptimizer under mixed_float16 (Keras' compile adds it)."""
     from tfsft import training
 
     t = cfg.train
     with strategy.scope():
-        optimizer = training.make_optimizer(t.learning_rate, total_batches, t.warmup_ratio,
-                                             t.schedule, t.weight_decay, t.clip_norm,
-                                             t.grad_accum_steps)
+        optimizer = training.make_optimizer(t.learning_rate, total_updates, t.warmup_ratio,
+                                             t.schedule, t.weight_decay)
         model.compile(optimizer=optimizer, loss=task.loss(cfg.task, t.label_smoothing),
                       metrics=task.metrics(cfg.task))
 
@@ -313,29 +314,55 @@ def prepare(task, cfg, splits: Splits) -> Prepared:
 
         tf.config.experimental.enable_op_determinism()
     check_training_config(task, cfg)
-    strategy = distribute.make_strategy()
+    strategy = distribute.make_strategy(cfg.distribute.strategy, cfg.distribute.cpu_devices)
+    replicas = strategy.num_replicas_in_sync
+    batch = cfg.train.global_batch_size // cfg.train.grad_accum_steps
+    if batch % replicas:
+        raise ConfigError(f"`train.global_batch_size` ({cfg.train.global_batch_size}) / "
+                          f"`train.grad_accum_steps` ({cfg.train.grad_accum_steps}) = {batch} "
+                          f"rows per batch cannot be split evenly over {replicas} replicas; "
+                          f"use a multiple of {replicas * cfg.train.grad_accum_steps}")
+    if replicas > 1:
+        log(f"distribute: {distribute.describe(strategy)}, {batch // replicas} rows per replica "
+            f"per batch")
     model, backbone, preprocessor = build(task, cfg, len(splits.label_names), strategy)
     return Prepared(model, backbone, preprocessor, strategy)
 
 
 def fit(task_spec: str, config_files=(), overrides=(), output: str | None = None,
-        overwrite: bool = False, verbose: int | None = None, save_model: bool = True) -> Path:
+        overwrite: bool = False, verbose: int | None = None, save_model: bool = True,
+        resume: bool = True) -> Path:
     """Train a task end to end; returns the run directory.
 
     Config, data, backbone and model are all checked before the run directory is made, so
     a mistake costs nothing and leaves nothing behind. The run directory is locked while
     the run writes to it; with `overwrite` an earlier run there is replaced only when the
-    new one has finished (runs.open_run)."""
+    new one has finished (runs.open_run). An unfinished run of the same config and data
+    (the `--output` given, else the newest run of the task under runs/) that left a resume
+    checkpoint is continued where it stopped, unless `resume` is False or `overwrite`."""
     task, folder, cfg = load_task_and_config(task_spec, config_files, overrides)
-    target = Path(output) if output else runs.default_dir(task.name)
-    runs.check_target(target, overwrite)  # fail fast, before minutes of loading
+    if cfg.distribute.cpu_devices > 1:  # before anything starts TensorFlow's devices
+        from tfsft import distribute, quiet
+
+        quiet.import_tensorflow_quietly()
+        distribute.configure_cpu_devices(cfg.distribute.cpu_devices)
+    previous = None if overwrite or not resume else resumable_run(task, cfg, output)
+    target = previous or (Path(output) if output else runs.default_dir(task.name))
+    if previous is None:
+        runs.check_target(target, overwrite)  # fail fast, before minutes of loading
     splits = read_splits(task, cfg)
     prepared = prepare(task, cfg, splits)
-    with runs.open_run(target, overwrite) as run_dir:
+    if previous is not None:
+        opened = runs.locked(previous)
+    else:
+        opened = runs.open_run(target, overwrite)
+    with opened as run_dir:
         log(f"run directory: {run_dir}" + (f" (replaces {target} when finished)"
-                                           if run_dir != target else ""))
+                                           if run_dir != target else "")
+            + (" (resuming it)" if previous is not None else ""))
         try:
-            _fit_in_run(task, folder, cfg, splits, prepared, run_dir, verbose, save_model)
+            _fit_in_run(task, folder, cfg, splits, prepared, run_dir, verbose, save_model,
+                        resumed=previous is not None)
         except BaseException:
             if run_dir != target:
                 log(f"the earlier run at {target} is untouched; this attempt is in {run_dir}")
@@ -343,14 +370,68 @@ def fit(task_spec: str, config_files=(), overrides=(), output: str | None = None
     return target
 
 
+RESUME_FILE = Path("checkpoints") / "resume.npz"
+
+
+def resumable_run(task, cfg, output: str | None) -> Path | None:
+    """The unfinished run to continue: `output` when given (an error if it holds an
+    unfinished run of another config or data), else the newest run of this task under
+    runs/ when its config and data are this run's; None when there is none."""
+    if output:
+        candidates = [Path(output)]
+    else:
+        root = runs.default_dir(task.name).parent
+        candidates = sorted(root.glob(f"{task.name}-*"), reverse=True)[:1]
+    for run_dir in candidates:
+        if not (run_dir / RESUME_FILE).exists() or not runs.is_run(run_dir):
+            continue
+        if runs.read_json(run_dir / "manifest.json").get("status") == "finished":
+            continue
+        holder = runs.lock_holder(run_dir)
+        if holder:
+            raise RunDirError(f"{run_dir} is in use by another tfsft process ({holder}); wait "
+                              "for it to finish or choose another --output")
+        differences = _run_differences(run_dir, cfg)
+        if not differences:
+            return run_dir
+        if output:
+            raise RunDirError(
+                f"{run_dir} holds an unfinished run with a resume checkpoint, but "
+                f"{'; '.join(differences)}. Run the same config on the same data to resume it, "
+                "pass --overwrite to replace it, or choose another --output")
+    return None
+
+
+def _run_differences(run_dir: Path, cfg) -> list[str]:
+    """What stops `run_dir` from being resumed with `cfg`: changed keys or data files."""
+    before = (run_dir / "config.yaml").read_text(encoding="utf-8").splitlines()
+    now = config_lib.dump_yaml(cfg).splitlines()
+    out = []
+    if before != now:
+        changed = sorted(set(now) ^ set(before))
+        shown = ", ".join(line.strip() for line in changed[:6])
+        out.append(f"its config differs ({shown})")
+    recorded = runs.read_json(run_dir / "manifest.json").get("data", {})
+    for split, info in recorded.items():
+        source = getattr(cfg.data, split, "")
+        if source and "sha256" in info:
+            if data_lib.fingerprint(source).get("sha256") != info["sha256"]:
+                out.append(f"the {split} data ({source}) changed since it started")
+    return out
+
+
 def _fit_in_run(task, folder, cfg, splits: Splits, prepared: Prepared, run_dir: Path,
-                verbose, save_model: bool = True) -> None:
+                verbose, save_model: bool = True, resumed: bool = False) -> None:
     """Write the run's files, train, evaluate; the manifest records how it ended."""
     files = {s: data_lib.fingerprint(getattr(cfg.data, s)) for s in ("train", "validation", "test")
              if getattr(cfg.data, s)}
     for s in files:
         files[s]["rows"] = len(getattr(splits, s))
     manifest = runs.manifest(cfg.train.seed, files)
+    if resumed:
+        earlier = runs.read_json(run_dir / "manifest.json")
+        manifest["started"] = earlier.get("started")
+        manifest["resumed"] = [*earlier.get("resumed", []), runs.now()]
     if splits.preparation:
         manifest["data_preparation"] = splits.preparation
     runs.write_json(run_dir / "manifest.json", manifest)
@@ -386,21 +467,30 @@ def _train_and_evaluate(task, cfg, splits: Splits, prepared: Prepared, run_dir: 
     if t.class_weights == "balanced":
         weights = task.class_weights(cfg.task, targets, len(splits.label_names))
     batch = t.global_batch_size // t.grad_accum_steps
-    train_ds = pipeline.train_dataset(encoded["train"], targets, weights, batch, t.seed,
-                                      cfg.data.bucket_by_length)
     val_ds = pipeline.eval_dataset(encoded["validation"],
                                    model_targets(task, cfg, encoded["validation"],
                                                  splits.targets["validation"]),
                                    t.eval_batch_size)
     plan = training.plan(len(splits.train), batch, t.epochs, t.max_steps, t.grad_accum_steps)
-    compile_model(task, cfg, model, plan.total_batches, prepared.strategy)
+    compile_model(task, cfg, model, plan.total_updates, prepared.strategy)
     trainable = sum(int(np.prod(w.shape)) for w in model.trainable_weights)
     log(f"training {model.count_params():,} parameters ({trainable:,} trainable) on "
-        f"{len(splits.train)} rows: {plan.total_batches} batches of {batch} "
-        f"({plan.batches_per_epoch}/epoch, {plan.epochs} epoch(s))")
+        f"{len(splits.train)} rows: {plan.total_updates} optimizer steps of "
+        f"{t.global_batch_size} rows ({plan.batches_per_epoch} batches of {batch}/epoch, "
+        f"{plan.epochs} epoch(s))")
+
+    def epoch_data(epoch: int):
+        return pipeline.train_dataset(encoded["train"], targets, weights, batch, t.seed,
+                                      cfg.data.bucket_by_length, epoch=epoch)
+
     result = training.train(
-        model, train_ds, val_ds, plan=plan, batch_size=batch, run_dir=run_dir,
-        monitor=t.monitor, patience=t.early_stopping_patience, keep_best=t.keep_best,
+        model, epoch_data, val_ds, loss=task.loss(cfg.task, t.label_smoothing),
+        metrics=lambda: task.metrics(cfg.task), strategy=prepared.strategy, plan=plan,
+        settings=training.Settings(
+            batch_size=batch, grad_accum_steps=t.grad_accum_steps, clip_norm=t.clip_norm,
+            monitor=t.monitor, patience=t.early_stopping_patience, keep_best=t.keep_best,
+            checkpoint_every=t.checkpoint_every),
+        run_dir=run_dir,
         verbose=verbose if verbose is not None else (1 if sys.stderr.isatty() else 2),
         advice=f"Try a lower `train.learning_rate` (now {t.learning_rate:g}), keep "
                f"`train.clip_norm` above 0 (now {t.clip_norm:g}), a longer "

@@ -91,22 +91,33 @@ def measure(args, cfg_overrides) -> list[dict]:
             break
     out.append({**base, "what": "pipeline", "examples_per_s": n / (time.perf_counter() - start)})
 
-    # training: first step (time since process start), warm-up, then timed steps
-    it = iter(ds.repeat())
-    x, y = next(it)
-    model.train_on_batch(x, y)
+    # training with tfsft's own step (training.make_train_step, what `fit` runs): first
+    # step (time since process start), warm-up, then timed steps. The step pulls its
+    # batches from `it`; `shadow` replays the same (deterministic) order for token counts.
+    from tfsft import training
+
+    strategy = prepared.strategy
+    with strategy.scope():
+        model.optimizer.build(model.trainable_variables)
+        metrics = task.metrics(cfg.task)
+    step = training.make_train_step(model, model.optimizer, task.loss(cfg.task, 0.0), metrics,
+                                    strategy, t.clip_norm)
+    it = iter(strategy.experimental_distribute_dataset(ds.repeat()))
+    shadow = iter(ds.repeat())
+    next(shadow)
+    float(step(it, 1)[0])
     first_step = process_age()
     for _ in range(args.warmup - 1):
-        x, y = next(it)
-        model.train_on_batch(x, y)
+        next(shadow)
+        float(step(it, 1)[0])
     real = padded = examples = 0
     flops = 0.0
     elapsed = 0.0
     for _ in range(args.steps):
-        x, y = next(it)
+        x, _y = next(shadow)
         mask = x["padding_mask"].numpy()
         t0 = time.perf_counter()
-        model.train_on_batch(x, y)
+        float(step(it, 1)[0])
         elapsed += time.perf_counter() - t0
         real += int(mask.sum())
         padded += int(mask.size)
