@@ -98,3 +98,61 @@ def test_strategy_choices_are_checked_with_the_config():
     assert r.returncode == 2
     assert "`distribute.strategy` must be one of" in r.stderr
     assert "`distribute.cpu_devices` (-1) must be >= 0 and at most 64" in r.stderr
+
+
+def test_launch_multiworker_two_workers_match_one_device(tiny_bert_no_dropout, tmp_path,
+                                                         toy_data):
+    """tools/launch_multiworker.sh 2: MultiWorkerMirroredStrategy over 127.0.0.1; both
+    workers log the same epochs, only the chief writes the run (one TensorBoard run, one
+    model), and the model equals a one-device run's."""
+    import os
+    import re
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    train, dev = toy_data
+    args = ["fit", "tasks/sentiment", f"model.backbone={tiny_bert_no_dropout}",
+            f"data.train={train}", f"data.validation={dev}", "data.max_length=16",
+            "train.epochs=3", "train.global_batch_size=8", "train.learning_rate=2e-2",
+            "model.dropout=0.0", "train.deterministic=true", "task.pooling=mean", "--quiet"]
+    one = run_cli(*args, "--output", tmp_path / "one")
+    assert one.returncode == 0, one.stderr[-3000:]
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHON=sys.executable, TMPDIR=str(tmp_path))
+    r = subprocess.run(["bash", "tools/launch_multiworker.sh", "2", "--", *args,
+                        "--output", str(tmp_path / "mw")], cwd=REPO, env=env,
+                       capture_output=True, text=True, timeout=900)
+    out = r.stdout + r.stderr
+    assert r.returncode == 0, out[-4000:]
+    assert "MultiWorkerMirroredStrategy over 2 replicas (2 workers; this is worker 1)" in out
+    epochs = {i: re.findall(rf"\[worker {i}\] \d+/\d+ .*?loss: ([\d.]+) .*val_loss: ([\d.]+)", out)
+              for i in (0, 1)}
+    assert len(epochs[0]) == 3 and epochs[0] == epochs[1]  # the workers agree
+    assert "worker finished; the chief wrote the run" in out
+    mw = tmp_path / "mw"
+    for writer in ("train", "validation"):
+        assert len(list((mw / "tensorboard" / writer).glob("events.out.tfevents.*"))) == 1
+    assert (mw / "model" / "head.npz").exists()
+    assert not list(tmp_path.glob("tfsft-worker*"))  # the worker's scratch dir is gone
+    assert sorted(p.name for p in tmp_path.iterdir() if p.is_dir()) == ["mw", "one"]
+    w1, w2 = run_weights(tmp_path / "one"), run_weights(mw)
+    assert max(float(np.max(np.abs(w1[k] - w2[k]))) for k in w1) < 1e-5
+    h1, h2 = ([json.loads(x) for x in (tmp_path / d / "history.jsonl").read_text().splitlines()]
+              for d in ("one", "mw"))
+    np.testing.assert_allclose([h["val_loss"] for h in h1], [h["val_loss"] for h in h2],
+                               atol=1e-5)
+
+
+def test_multi_worker_without_or_with_a_broken_tf_config_is_a_clear_error(
+        tiny_bert_no_dropout, tmp_path, toy_data, monkeypatch):
+    out = tmp_path / "run"
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    r = _fit(tiny_bert_no_dropout, toy_data, out, "distribute.strategy=multi_worker")
+    assert r.returncode == 2, r.stderr[-3000:]
+    assert "'multi_worker' but TF_CONFIG is not set" in r.stderr
+    assert "tools/launch_multiworker.sh" in r.stderr and not out.exists()
+    monkeypatch.setenv("TF_CONFIG", "{not json")
+    r = _fit(tiny_bert_no_dropout, toy_data, out)
+    assert r.returncode == 2 and "the TF_CONFIG environment variable is not valid" in r.stderr
+    assert not out.exists()

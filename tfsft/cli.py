@@ -236,6 +236,9 @@ def cmd_fit(args) -> int:
     run = workflow.fit(args.task, args.config, args.overrides, args.output, args.overwrite,
                        verbose=2 if args.quiet else None, save_model=not args.no_model,
                        resume=not args.no_resume)
+    if not (run / "metrics.json").exists() and workflow.is_worker():
+        print(f"worker finished; the chief wrote the run: {run}")
+        return 0
     print(f"run finished: {run}")
     print(json.dumps({k: workflow.key_metrics(v)
                       for k, v in json.loads((run / "metrics.json").read_text()).items()}))

@@ -96,14 +96,14 @@ class TrainConfig:
     checkpoint_every: int = 500  # optimizer steps between resume checkpoints (0: epoch ends only)
 
 
-Strategy = Literal["auto", "one_device", "mirrored", "tpu"]
+Strategy = Literal["auto", "one_device", "mirrored", "multi_worker", "tpu"]
 
 
 @dataclass(frozen=True)
 class DistributeConfig:
     """Where the training step runs (tf.distribute); see the README's distributed section."""
 
-    strategy: Strategy = "auto"  # auto: TPU if attached, else all GPUs (mirrored), else one device
+    strategy: Strategy = "auto"  # auto: TPU, else TF_CONFIG workers, else all GPUs, else one device
     cpu_devices: int = 0  # split the CPU into N logical devices (mirrored tests without GPUs)
 
 

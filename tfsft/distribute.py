@@ -7,6 +7,9 @@
 - `mirrored`: all local GPUs, else `distribute.cpu_devices` logical CPU devices (the CPU
   split in N: slower than one device, it exists to test the distributed path anywhere).
 - `tpu`: the TPU of this TPU VM; without one, a clear error at once (no silent fallback).
+- `multi_worker`: MultiWorkerMirroredStrategy over the workers `TF_CONFIG` names (one
+  process per machine, each mirroring its local GPUs); `auto` picks it when `TF_CONFIG`
+  names more than one worker. `tools/launch_multiworker.sh` starts N local workers.
 
 The training step (training.py) is written for any of these: one loss and one update per
 global batch, whatever the number of replicas.
@@ -14,6 +17,7 @@ global batch, whatever the number of replicas.
 
 from __future__ import annotations
 
+import json
 import os
 
 from tfsft.errors import UserError
@@ -59,9 +63,47 @@ def _tpu_attached() -> bool:
         or bool(os.environ.get("TPU_NAME"))
 
 
+def cluster() -> dict | None:
+    """{"workers": N, "type": ..., "index": i, "has_chief": ...} from TF_CONFIG, or None."""
+    raw = os.environ.get("TF_CONFIG", "")
+    if not raw.strip():
+        return None
+    try:
+        config = json.loads(raw)
+        spec, task = config.get("cluster", {}), config.get("task", {})
+        workers = len(spec.get("worker", [])) + len(spec.get("chief", []))
+        return {"workers": workers, "type": task["type"], "index": int(task.get("index", 0)),
+                "has_chief": bool(spec.get("chief"))}
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
+        raise UserError(f"the TF_CONFIG environment variable is not valid ({e}): it must be "
+                        'JSON like {"cluster": {"worker": ["host1:port", "host2:port"]}, '
+                        '"task": {"type": "worker", "index": 0}}') from None
+
+
+def is_chief(strategy) -> bool:
+    """True for the one process that writes the run directory (and always off-cluster):
+    the `chief` task, else worker 0."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not getattr(resolver, "task_type", None):
+        return True
+    if resolver.task_type == "chief":
+        return True
+    has_chief = "chief" in resolver.cluster_spec().as_dict()
+    return not has_chief and resolver.task_type == "worker" and resolver.task_id == 0
+
+
 def make_strategy(kind: str = "auto", cpu_devices: int = 0):
+    """The strategy for `distribute.strategy`. Multi-worker must be made before TensorFlow
+    runs any op (call this first)."""
     import tensorflow as tf
 
+    found = cluster()
+    if kind == "multi_worker" or (kind == "auto" and found and found["workers"] > 1):
+        if not found:
+            raise UserError("`distribute.strategy` is 'multi_worker' but TF_CONFIG is not set: "
+                            "start the workers with tools/launch_multiworker.sh N -- fit ... "
+                            "(one machine), or set TF_CONFIG on each machine (README)")
+        return tf.distribute.MultiWorkerMirroredStrategy()
     configure_cpu_devices(cpu_devices)
     if kind == "tpu" or (kind == "auto" and _tpu_attached()):
         try:
@@ -84,5 +126,12 @@ def describe(strategy) -> str:
     devices = getattr(strategy.extended, "worker_devices", ()) or ()
     where = ", ".join(d.split("/")[-1].replace("device:", "") for d in devices)
     where = f" ({where})" if where else ""
+    import tensorflow as tf
+
     n = strategy.num_replicas_in_sync
-    return f"{type(strategy).__name__} over {n} replica{'s' if n != 1 else ''}{where}"
+    name = type(strategy).__name__
+    found = cluster()
+    if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) and found:
+        name = "MultiWorkerMirroredStrategy"
+        where = f" ({found['workers']} workers; this is {found['type']} {found['index']})"
+    return f"{name} over {n} replica{'s' if n != 1 else ''}{where}"

@@ -95,7 +95,19 @@ def train_dataset(enc: Encoded, targets: np.ndarray, weights: np.ndarray | None,
             steps_per_epoch(len(enc), batch_size)))
     else:
         ds = ds.batch(batch_size)
-    return ds.map(_trim, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+    ds = ds.map(_trim, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+    return ds.with_options(_shard_by_data())
+
+
+def _shard_by_data():
+    """Multi-worker: each worker takes its share of every batch (DATA). The files are read
+    whole by every worker, so FILE sharding would not apply; OFF would feed every worker
+    the same rows."""
+    import tensorflow as tf
+
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    return options
 
 
 def eval_dataset(enc: Encoded, targets: np.ndarray | None, batch_size: int):
@@ -108,7 +120,7 @@ def eval_dataset(enc: Encoded, targets: np.ndarray | None, batch_size: int):
         ds = ds.map(lambda x: _trim(x)[0])
     else:
         ds = ds.map(_trim)
-    return ds.prefetch(tf.data.AUTOTUNE)
+    return ds.prefetch(tf.data.AUTOTUNE).with_options(_shard_by_data())
 
 
 def steps_per_epoch(rows: int, batch_size: int) -> int:

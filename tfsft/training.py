@@ -314,7 +314,8 @@ def state_variables(model, optimizer, metrics) -> list:
 
 
 def train(model, epoch_data, val_data, *, loss, metrics, strategy, plan: Plan,
-          settings: Settings, run_dir: Path, verbose: int = 1, advice: str = "") -> TrainResult:
+          settings: Settings, run_dir: Path, verbose: int = 1, advice: str = "",
+          resume_from: Path | None = None) -> TrainResult:
     """Train `model` (its optimizer: `model.optimizer`) and leave it holding the weights to
     keep; resumes from `run_dir/checkpoints/resume.npz` when that exists.
 
@@ -325,7 +326,8 @@ def train(model, epoch_data, val_data, *, loss, metrics, strategy, plan: Plan,
     are minimised) are restored at the end. A NaN/Inf loss or running out of memory raises
     `TrainingError` (with `advice`); the last finished epoch's weights stay in
     `checkpoints/last.weights.h5`. SIGTERM or Ctrl-C saves a checkpoint, then raises
-    `Terminated` / `KeyboardInterrupt`.
+    `Terminated` / `KeyboardInterrupt`. `resume_from` names another resume checkpoint to
+    start from (a multi-worker run's non-chief workers read the chief's).
     """
     import tensorflow as tf
 
@@ -343,6 +345,7 @@ def train(model, epoch_data, val_data, *, loss, metrics, strategy, plan: Plan,
     log = trainlog.Log(run_dir)
     pos = Position()
     resume_path = folder / "resume.npz"
+    start_from = Path(resume_from) if resume_from else resume_path
     keep_best = settings.keep_best and val_data is not None
     mode = "min" if "loss" in settings.monitor else "max"
 
@@ -351,17 +354,17 @@ def train(model, epoch_data, val_data, *, loss, metrics, strategy, plan: Plan,
         checkpoints.save_state(resume_path, [np.asarray(v.numpy()) for v in variables], meta)
         log.flush()
 
-    if resume_path.exists():
-        arrays, meta = checkpoints.load_state(resume_path, len(variables))
+    if start_from.exists():
+        arrays, meta = checkpoints.load_state(start_from, len(variables))
         if meta["plan"] != vars(plan):
-            raise TrainingError(f"{resume_path} was written for another training plan "
+            raise TrainingError(f"{start_from} was written for another training plan "
                                 f"({meta['plan']}, now {vars(plan)}); delete it to start over")
         for v, a in zip(variables, arrays):
             v.assign(a)
         pos = Position(**meta["position"])
         log.restore(meta["log"])
         log.flush()
-        _log(f"resuming from {resume_path}: update {pos.updates} of {plan.total_updates} "
+        _log(f"resuming from {start_from}: update {pos.updates} of {plan.total_updates} "
              f"(epoch {pos.epoch + 1}, update {pos.update_in_epoch} of the epoch)")
 
     start = time.perf_counter()

@@ -302,7 +302,7 @@ class Prepared:
     strategy: object
 
 
-def prepare(task, cfg, splits: Splits) -> Prepared:
+def prepare(task, cfg, splits: Splits, strategy=None) -> Prepared:
     from tfsft import distribute, quiet
 
     quiet.import_tensorflow_quietly()
@@ -314,7 +314,8 @@ def prepare(task, cfg, splits: Splits) -> Prepared:
 
         tf.config.experimental.enable_op_determinism()
     check_training_config(task, cfg)
-    strategy = distribute.make_strategy(cfg.distribute.strategy, cfg.distribute.cpu_devices)
+    if strategy is None:
+        strategy = distribute.make_strategy(cfg.distribute.strategy, cfg.distribute.cpu_devices)
     replicas = strategy.num_replicas_in_sync
     batch = cfg.train.global_batch_size // cfg.train.grad_accum_steps
     if batch % replicas:
@@ -341,17 +342,15 @@ def fit(task_spec: str, config_files=(), overrides=(), output: str | None = None
     (the `--output` given, else the newest run of the task under runs/) that left a resume
     checkpoint is continued where it stopped, unless `resume` is False or `overwrite`."""
     task, folder, cfg = load_task_and_config(task_spec, config_files, overrides)
-    if cfg.distribute.cpu_devices > 1:  # before anything starts TensorFlow's devices
-        from tfsft import distribute, quiet
-
-        quiet.import_tensorflow_quietly()
-        distribute.configure_cpu_devices(cfg.distribute.cpu_devices)
+    strategy = early_strategy(cfg)
+    if strategy is not None and not distribute_is_chief(strategy):
+        return _fit_as_worker(task, cfg, strategy, output, overwrite, resume, verbose)
     previous = None if overwrite or not resume else resumable_run(task, cfg, output)
     target = previous or (Path(output) if output else runs.default_dir(task.name))
     if previous is None:
         runs.check_target(target, overwrite)  # fail fast, before minutes of loading
     splits = read_splits(task, cfg)
-    prepared = prepare(task, cfg, splits)
+    prepared = prepare(task, cfg, splits, strategy)
     if previous is not None:
         opened = runs.locked(previous)
     else:
@@ -370,10 +369,70 @@ def fit(task_spec: str, config_files=(), overrides=(), output: str | None = None
     return target
 
 
+def early_strategy(cfg):
+    """The strategy, when it must exist before TensorFlow runs anything: multi-worker
+    (collectives are set up at start) and logical CPU devices. Otherwise None: prepare()
+    makes it after the fast checks."""
+    from tfsft import distribute
+
+    d = cfg.distribute
+    found = distribute.cluster()
+    multi = d.strategy == "multi_worker" or (d.strategy == "auto" and found
+                                             and found["workers"] > 1)
+    if not multi and d.cpu_devices <= 1:
+        return None
+    from tfsft import quiet
+
+    quiet.import_tensorflow_quietly()
+    return distribute.make_strategy(d.strategy, d.cpu_devices)
+
+
+def is_worker() -> bool:
+    """True in a non-chief process of a multi-worker run (TF_CONFIG, not the chief)."""
+    from tfsft import distribute
+
+    found = distribute.cluster()
+    if not found or found["workers"] <= 1 or found["type"] == "chief":
+        return False
+    return found["has_chief"] or found["index"] != 0
+
+
+def distribute_is_chief(strategy) -> bool:
+    from tfsft import distribute
+
+    return distribute.is_chief(strategy)
+
+
+def _fit_as_worker(task, cfg, strategy, output, overwrite, resume, verbose) -> Path:
+    """A non-chief worker of a multi-worker run: trains in step with the chief (same data,
+    same resume checkpoint, read from the chief's run directory), writes only to its own
+    temporary directory, which is deleted at the end. The chief writes the run."""
+    import tempfile
+
+    from tfsft import distribute
+
+    if not output:
+        raise ConfigError("a multi-worker run needs --output: every worker must name the same "
+                          "run directory (on a filesystem all workers share)")
+    previous = None
+    if resume and not overwrite:
+        previous = resumable_run(task, cfg, output, check_lock=False)
+    splits = read_splits(task, cfg)
+    prepared = prepare(task, cfg, splits, strategy)
+    role = distribute.cluster() or {"type": "worker", "index": 0}
+    with tempfile.TemporaryDirectory(prefix=f"tfsft-{role['type']}{role['index']}-") as tmp:
+        log(f"{role['type']} {role['index']}: training in step with the chief; scratch "
+            f"files in {tmp} (removed at the end)")
+        _train_and_evaluate(task, cfg, splits, prepared, Path(tmp), verbose, save_model=False,
+                            chief=False,
+                            resume_from=previous / RESUME_FILE if previous else None)
+    return Path(output)
+
+
 RESUME_FILE = Path("checkpoints") / "resume.npz"
 
 
-def resumable_run(task, cfg, output: str | None) -> Path | None:
+def resumable_run(task, cfg, output: str | None, check_lock: bool = True) -> Path | None:
     """The unfinished run to continue: `output` when given (an error if it holds an
     unfinished run of another config or data), else the newest run of this task under
     runs/ when its config and data are this run's; None when there is none."""
@@ -387,7 +446,7 @@ def resumable_run(task, cfg, output: str | None) -> Path | None:
             continue
         if runs.read_json(run_dir / "manifest.json").get("status") == "finished":
             continue
-        holder = runs.lock_holder(run_dir)
+        holder = runs.lock_holder(run_dir) if check_lock else ""
         if holder:
             raise RunDirError(f"{run_dir} is in use by another tfsft process ({holder}); wait "
                               "for it to finish or choose another --output")
@@ -454,7 +513,8 @@ def _fit_in_run(task, folder, cfg, splits: Splits, prepared: Prepared, run_dir: 
 
 
 def _train_and_evaluate(task, cfg, splits: Splits, prepared: Prepared, run_dir: Path,
-                        verbose, save_model: bool = True) -> dict:
+                        verbose, save_model: bool = True, chief: bool = True,
+                        resume_from: Path | None = None) -> dict:
     from tfsft import export, pipeline, training
 
     model, t = prepared.model, cfg.train
@@ -490,12 +550,14 @@ def _train_and_evaluate(task, cfg, splits: Splits, prepared: Prepared, run_dir: 
             batch_size=batch, grad_accum_steps=t.grad_accum_steps, clip_norm=t.clip_norm,
             monitor=t.monitor, patience=t.early_stopping_patience, keep_best=t.keep_best,
             checkpoint_every=t.checkpoint_every),
-        run_dir=run_dir,
+        run_dir=run_dir, resume_from=resume_from,
         verbose=verbose if verbose is not None else (1 if sys.stderr.isatty() else 2),
         advice=f"Try a lower `train.learning_rate` (now {t.learning_rate:g}), keep "
                f"`train.clip_norm` above 0 (now {t.clip_norm:g}), a longer "
                f"`train.warmup_ratio` (now {t.warmup_ratio:g}), and check the training data "
                "with `tfsft validate`.")
+    if not chief:
+        return {}
     if save_model:
         export.save_final(model, prepared.backbone, prepared.preprocessor, run_dir / "model")
     metrics = {}
@@ -552,9 +614,16 @@ def model_targets(task, cfg, enc, targets: np.ndarray) -> np.ndarray:
 
 
 def predict_logits(model, enc, batch_size: int) -> np.ndarray:
+    """The model's outputs for every row, in order. A plain `tf.function` of the model
+    outside `strategy.run`: no collective ops, so under any strategy one process can
+    predict alone (Keras' `predict` would wait for the other workers)."""
+    import tensorflow as tf
+
     from tfsft import pipeline
 
-    return np.asarray(model.predict(pipeline.eval_dataset(enc, None, batch_size), verbose=0))
+    forward = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
+    out = [np.asarray(forward(x)) for x in pipeline.eval_dataset(enc, None, batch_size)]
+    return np.concatenate(out) if out else np.zeros((0,))
 
 
 def evaluate_split(task, cfg, model, splits: Splits, split: str, enc, run_dir: Path) -> dict:
