@@ -156,3 +156,37 @@ def test_multi_worker_without_or_with_a_broken_tf_config_is_a_clear_error(
     r = _fit(tiny_bert_no_dropout, toy_data, out)
     assert r.returncode == 2 and "the TF_CONFIG environment variable is not valid" in r.stderr
     assert not out.exists()
+
+
+def test_tpu_profile_compiles_its_step_with_xla_on_cpu(tiny_bert_no_dropout, tmp_path,
+                                                       toy_data):
+    """configs/tpu.yaml as shipped (static shapes, bf16, XLA), on one CPU device instead
+    of a TPU: the step is XLA-compiled and trains like the uncompiled step."""
+    import os
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    train, dev = toy_data
+    common = ["fit", "tasks/sentiment", "--config", "configs/tpu.yaml",
+              "distribute.strategy=one_device", f"model.backbone={tiny_bert_no_dropout}",
+              f"data.train={train}", f"data.validation={dev}", "data.max_length=32",
+              "train.global_batch_size=8", "train.eval_batch_size=8", "train.epochs=3",
+              "train.learning_rate=2e-2", "model.dropout=0.0", "task.pooling=mean",
+              "train.deterministic=true", "--quiet"]
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="0")
+    runs = {}
+    for jit in ("true", "false"):
+        out = tmp_path / f"jit_{jit}"
+        r = subprocess.run([sys.executable, "-m", "tfsft", *common, f"train.jit_compile={jit}",
+                            "--output", str(out)], cwd=REPO, env=env, capture_output=True,
+                           text=True, timeout=900)
+        assert r.returncode == 0, r.stderr[-3000:]
+        assert ("Compiled cluster using XLA" in r.stderr) == (jit == "true")
+        runs[jit] = [json.loads(x) for x in (out / "history.jsonl").read_text().splitlines()]
+    compiled, plain = runs["true"], runs["false"]
+    assert len(compiled) == 3 and compiled[-1]["loss"] < compiled[0]["loss"]
+    # bfloat16 both ways; XLA fuses differently, so equal up to bf16 rounding
+    np.testing.assert_allclose([h["loss"] for h in compiled], [h["loss"] for h in plain],
+                               atol=0.05)

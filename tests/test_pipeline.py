@@ -75,3 +75,25 @@ def test_shuffle_is_a_function_of_seed_and_epoch(bucket):
     ds = pipeline.train_dataset(enc, targets, None, 10, seed=1, bucket=bucket, epoch=2)
     assert [y.numpy().tolist() for _, y in ds] == [y.numpy().tolist() for _, y in ds]
     assert sorted(sum(order(1, 2), [])) == list(range(100))  # every row once
+
+
+@pytest.mark.parametrize("bucket", [False, True])
+def test_static_shapes_give_full_batches_of_a_few_widths(bucket):
+    """data.static_shapes (TPU/XLA): every batch has batch_size rows and one of widths();
+    the partial last batch is dropped and counted out of the epoch."""
+    n, batch = 1000, 16
+    enc = _toy_encoded(n)  # padded to 32, rows of 2..29 tokens
+    targets = np.arange(n, dtype=np.int32)
+    ds = pipeline.train_dataset(enc, targets, None, batch, seed=3, bucket=bucket, static=True)
+    shapes, seen = set(), []
+    for x, y in ds:
+        shapes.add(tuple(x["token_ids"].shape))
+        assert x["token_ids"].shape == x["padding_mask"].shape
+        assert int(np.max(x["padding_mask"].numpy().sum(axis=1))) <= x["token_ids"].shape[1]
+        seen.extend(y.numpy().tolist())
+    assert shapes <= {(batch, 16), (batch, 32)}
+    if bucket:  # grouped by length, short batches get the short width
+        assert len(shapes) == 2
+    assert len(seen) == len(set(seen)) == (n // batch) * batch
+    assert pipeline.steps_per_epoch(n, batch, True) == n // batch
+    assert pipeline.widths(32) == [16, 32] and pipeline.widths(128) == [16, 32, 64, 128]

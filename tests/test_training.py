@@ -99,7 +99,7 @@ def test_loss_terms_sum_over_count_is_the_keras_loss(case, weighted):
     assert sum(float(h[1]) for h in halves) == pytest.approx(float(c))
 
 
-def _train_tiny(tmp_path, batch, accum, clip, epochs=2, max_steps=0):
+def _train_tiny(tmp_path, batch, accum, clip, epochs=2, max_steps=0, per_call=1):
     """A Dense model trained by the engine on 24 fixed rows; returns (weights, result)."""
     import keras
     import tensorflow as tf
@@ -123,7 +123,8 @@ def _train_tiny(tmp_path, batch, accum, clip, epochs=2, max_steps=0):
         metrics=lambda: [keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
         strategy=tf.distribute.get_strategy(), plan=p,
         settings=training.Settings(batch_size=batch, grad_accum_steps=accum, clip_norm=clip,
-                                   monitor="loss", checkpoint_every=0),
+                                   monitor="loss", checkpoint_every=0,
+                                   steps_per_execution=per_call),
         run_dir=tmp_path, verbose=0)
     return [w.numpy() for w in model.weights], result
 
@@ -142,6 +143,20 @@ def test_accumulating_two_batches_equals_one_batch_of_both(tmp_path, clip):
     plain, _ = _train_tiny(tmp_path / "c", batch=8, accum=1, clip=0.0)
     if clip:  # the clip did something
         assert not np.allclose(plain[0], big[0], atol=1e-4)
+
+
+@pytest.mark.parametrize("accum", [1, 2])
+def test_steps_per_execution_runs_the_same_updates(tmp_path, accum):
+    """k updates per call (a loop in the graph) train exactly like one update per call,
+    also when an epoch does not divide into k (24 rows / 4 = 6 batches; k = 4)."""
+    one, r1 = _train_tiny(tmp_path / "a", batch=4, accum=accum, clip=0.05, epochs=3)
+    many, r4 = _train_tiny(tmp_path / "b", batch=4, accum=accum, clip=0.05, epochs=3,
+                           per_call=4)
+    assert r1.steps == r4.steps == 18 // accum
+    for a, b in zip(one, many):
+        np.testing.assert_allclose(a, b, atol=1e-6)
+    assert [h["loss"] for h in r1.history] == pytest.approx([h["loss"] for h in r4.history],
+                                                             rel=1e-6)
 
 
 def test_schedule_spans_all_updates_with_accumulation(tmp_path):

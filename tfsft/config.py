@@ -47,6 +47,7 @@ class DataConfig:
     max_length: int = 128  # tokens per example including special tokens; longer is truncated
     limit: int = 0  # use only the first N training rows (0: all)
     bucket_by_length: bool = True  # group similar lengths into batches (less padding)
+    static_shapes: bool = False  # TPU/XLA: widths 16, 32, 64.. max_length; no partial last batch
     tfds_dir: str = field(default="", metadata=PATH)  # TFDS data_dir (empty: TFDS default)
     tfds_download: bool = False  # allow TFDS to download (needs network)
     on_error: Literal["raise", "skip"] = "raise"  # bad rows: stop with all errors, or skip them
@@ -94,6 +95,8 @@ class TrainConfig:
     eval_batch_size: int = 64  # batch size for validation, evaluate and predict
     precision: Precision = "float32"  # compute dtype; auto: mixed_bfloat16 if the hardware has bf16
     checkpoint_every: int = 500  # optimizer steps between resume checkpoints (0: epoch ends only)
+    jit_compile: bool = False  # XLA-compile the training step (TPUs compile it in any case)
+    steps_per_execution: int = 1  # optimizer steps per call of the step (TPU: fewer host trips)
 
 
 Strategy = Literal["auto", "one_device", "mirrored", "multi_worker", "tpu"]
@@ -275,6 +278,7 @@ def cross_check(data: DataConfig, train: TrainConfig, model: ModelConfig) -> lis
     for name, value, low in [("train.global_batch_size", train.global_batch_size, 1),
                              ("train.grad_accum_steps", train.grad_accum_steps, 1),
                              ("train.eval_batch_size", train.eval_batch_size, 1),
+                             ("train.steps_per_execution", train.steps_per_execution, 1),
                              ("data.max_length", data.max_length, 8),
                              ("data.max_line_chars", data.max_line_chars, 1),
                              ("train.learning_rate", train.learning_rate, 1e-12)]:

@@ -71,11 +71,39 @@ def _trim(x, *rest):
     return (x, *rest)
 
 
+def widths(max_length: int) -> list[int]:
+    """The batch widths of `static_shapes`: 16, 32, 64, ... below max_length, then it.
+
+    >>> widths(66)
+    [16, 32, 64, 66]
+    """
+    out, w = [], 16
+    while w < max_length:
+        out.append(w)
+        w *= 2
+    return [*out, max_length]
+
+
+def _pad_to_width(x, *rest):
+    """`static_shapes`: cut a batch to the smallest of widths() that holds its longest row
+    (the features are padded to max_length already), so XLA sees a few shapes only."""
+    import tensorflow as tf
+
+    full = x["padding_mask"].shape[1]
+    longest = tf.reduce_max(tf.reduce_sum(tf.cast(x["padding_mask"], tf.int32), axis=1))
+    choices = tf.constant(widths(full), tf.int32)
+    width = choices[tf.minimum(tf.searchsorted(choices, [longest])[0], len(widths(full)) - 1)]
+    x = {k: v[:, :width] if k in TOKEN_KEYS else v for k, v in x.items()}
+    return (x, *rest)
+
+
 def train_dataset(enc: Encoded, targets: np.ndarray, weights: np.ndarray | None,
-                  batch_size: int, seed: int, bucket: bool, epoch: int = 0):
+                  batch_size: int, seed: int, bucket: bool, epoch: int = 0,
+                  static: bool = False):
     """Shuffled, optionally length-grouped training batches of one epoch. The order is a
     pure function of (seed, epoch): a resumed run skips the batches it has done and sees
-    the rest in the same order as an uninterrupted run."""
+    the rest in the same order as an uninterrupted run. `static`: every batch has
+    `batch_size` rows (the last partial batch is dropped) and one of widths()."""
     import tensorflow as tf
 
     parts = (enc.features, targets) if weights is None else (enc.features, targets, weights)
@@ -86,16 +114,18 @@ def train_dataset(enc: Encoded, targets: np.ndarray, weights: np.ndarray | None,
         def sort_chunk(*chunk):
             order = tf.argsort(tf.reduce_sum(chunk[0]["padding_mask"], axis=1), stable=True)
             chunk = tf.nest.map_structure(lambda t: tf.gather(t, order), chunk)
-            return tf.data.Dataset.from_tensor_slices(chunk).batch(batch_size)
+            return tf.data.Dataset.from_tensor_slices(chunk).batch(batch_size,
+                                                                   drop_remainder=static)
 
         ds = ds.batch(batch_size * CHUNK_BATCHES).flat_map(sort_chunk)
         ds = ds.shuffle(CHUNK_BATCHES, seed=seed + 1, reshuffle_each_iteration=False)
         # chunks are whole multiples of the batch size, so the batch count is exact
         ds = ds.apply(tf.data.experimental.assert_cardinality(
-            steps_per_epoch(len(enc), batch_size)))
+            steps_per_epoch(len(enc), batch_size, static)))
     else:
-        ds = ds.batch(batch_size)
-    ds = ds.map(_trim, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+        ds = ds.batch(batch_size, drop_remainder=static)
+    ds = ds.map(_pad_to_width if static else _trim, num_parallel_calls=tf.data.AUTOTUNE)
+    ds = ds.prefetch(tf.data.AUTOTUNE)
     return ds.with_options(_shard_by_data())
 
 
@@ -123,8 +153,8 @@ def eval_dataset(enc: Encoded, targets: np.ndarray | None, batch_size: int):
     return ds.prefetch(tf.data.AUTOTUNE).with_options(_shard_by_data())
 
 
-def steps_per_epoch(rows: int, batch_size: int) -> int:
-    return -(-rows // batch_size)
+def steps_per_epoch(rows: int, batch_size: int, drop_remainder: bool = False) -> int:
+    return rows // batch_size if drop_remainder else -(-rows // batch_size)
 
 
 def length_summary(enc: Encoded, max_length: int) -> dict:

@@ -93,11 +93,17 @@ class Plan:
     total_updates: int
 
 
-def plan(rows: int, batch_size: int, epochs: int, max_steps: int, grad_accum_steps: int) -> Plan:
-    """`max_steps` counts optimizer updates."""
+def plan(rows: int, batch_size: int, epochs: int, max_steps: int, grad_accum_steps: int,
+         drop_remainder: bool = False) -> Plan:
+    """`max_steps` counts optimizer updates; `drop_remainder`: a partial last batch is
+    not trained on (static shapes)."""
     from tfsft.pipeline import steps_per_epoch
 
-    per_epoch = steps_per_epoch(rows, batch_size)
+    per_epoch = steps_per_epoch(rows, batch_size, drop_remainder)
+    if per_epoch < 1:
+        raise TrainingError(f"{rows} training rows do not fill one batch of {batch_size}, and "
+                            "data.static_shapes drops partial batches: lower "
+                            "train.global_batch_size or turn data.static_shapes off")
     updates = -(-per_epoch // grad_accum_steps)
     total = updates * epochs if epochs else 0
     if max_steps:
@@ -117,6 +123,8 @@ class Settings:
     keep_best: bool = True
     checkpoint_every: int = 0  # updates between resume checkpoints (0: epoch ends only)
     log_every: int = 10  # updates between TensorBoard batch scalars
+    jit_compile: bool = False  # XLA-compile the step
+    steps_per_execution: int = 1  # updates per call of the compiled step
 
 
 @dataclass(frozen=True)
@@ -165,9 +173,13 @@ def _rows(x):
     return tf.shape(tf.nest.flatten(x)[0])[0]
 
 
-def make_train_step(model, optimizer, loss, metrics, strategy, clip_norm: float):
+def make_train_step(model, optimizer, loss, metrics, strategy, clip_norm: float,
+                    jit_compile: bool = False):
     """`step(iterator, n) -> (loss sum, count, rows)`: one optimizer update from the next
-    `n` global batches of a distributed iterator."""
+    `n` global batches of a distributed iterator; `step(iterator, n, k)` runs `k` such
+    updates in one call (`train.steps_per_execution`: fewer host round trips, what TPUs
+    want). `jit_compile`: the per-replica step is compiled by XLA (once per batch shape:
+    see data.static_shapes)."""
     import tensorflow as tf
 
     replicas = strategy.num_replicas_in_sync
@@ -210,13 +222,30 @@ def make_train_step(model, optimizer, loss, metrics, strategy, clip_norm: float)
         return total, count, rows
 
     sum_ = tf.distribute.ReduceOp.SUM
+    # no data-dependent Python control flow inside: AutoGraph has nothing to convert
+    replica_step = tf.autograph.experimental.do_not_convert(replica_step)
+    replica_fn = tf.function(replica_step, jit_compile=True) if jit_compile else replica_step
 
-    @tf.function(reduce_retracing=True)
-    def step(iterator, n: int):
+    @tf.autograph.experimental.do_not_convert
+    def update(iterator, n: int):
         batches = tuple(next(iterator) for _ in range(n))
-        s, c, r = strategy.run(replica_step, args=(batches,))
+        s, c, r = strategy.run(replica_fn, args=(batches,))
         return (strategy.reduce(sum_, s, axis=None), strategy.reduce(sum_, c, axis=None),
                 strategy.reduce(sum_, r, axis=None))
+
+    one = tf.function(update, reduce_retracing=True)
+
+    @tf.function(reduce_retracing=True)
+    def many(iterator, n: int, k):  # k updates in one call: a loop in the graph
+        s, c, r = tf.constant(0.0), tf.constant(0.0), tf.constant(0)
+        for _ in tf.range(k):
+            ds, dc, dr = update(iterator, n)
+            s, c, r = s + ds, c + dc, r + tf.cast(dr, tf.int32)
+        return s, c, r
+
+    def step(iterator, n: int, k: int = 1):
+        """(loss sum, count, rows) over `k` updates of `n` batches each."""
+        return one(iterator, n) if k == 1 else many(iterator, n, tf.constant(k))
 
     return step
 
@@ -225,6 +254,7 @@ def make_eval_step(model, loss, metrics, strategy):
     """`step(iterator) -> (loss sum, count)` of the next global batch; updates `metrics`."""
     import tensorflow as tf
 
+    @tf.autograph.experimental.do_not_convert
     def replica_step(batch):
         x, y, _w = _unpack(batch)  # validation is unweighted
         pred = model(x, training=False)
@@ -234,7 +264,7 @@ def make_eval_step(model, loss, metrics, strategy):
 
     sum_ = tf.distribute.ReduceOp.SUM
 
-    @tf.function(reduce_retracing=True)
+    @tf.function(reduce_retracing=True, autograph=False)
     def step(iterator):
         s, c = strategy.run(replica_step, args=(next(iterator),))
         return strategy.reduce(sum_, s, axis=None), strategy.reduce(sum_, c, axis=None)
@@ -242,11 +272,12 @@ def make_eval_step(model, loss, metrics, strategy):
     return step
 
 
-def evaluate(model, dataset, loss, metrics, strategy) -> dict:
-    """{"loss": ..., <metric>: ...} over a whole (finite) dataset."""
+def evaluate(model, dataset, loss, metrics, strategy, step=None) -> dict:
+    """{"loss": ..., <metric>: ...} over a whole (finite) dataset (`step`: from
+    make_eval_step with the same model, loss and metrics, made once per run)."""
     import tensorflow as tf
 
-    step = make_eval_step(model, loss, metrics, strategy)
+    step = step or make_eval_step(model, loss, metrics, strategy)
     for m in metrics:
         m.reset_state()
     total = count = 0.0
@@ -340,7 +371,9 @@ def train(model, epoch_data, val_data, *, loss, metrics, strategy, plan: Plan,
     with strategy.scope():
         optimizer.build(model.trainable_variables)
         train_metrics, val_metrics = metrics(), metrics()
-    step = make_train_step(model, optimizer, loss, train_metrics, strategy, settings.clip_norm)
+    step = make_train_step(model, optimizer, loss, train_metrics, strategy, settings.clip_norm,
+                           settings.jit_compile)
+    eval_step = make_eval_step(model, loss, val_metrics, strategy)
     variables = state_variables(model, optimizer, train_metrics)
     log = trainlog.Log(run_dir)
     pos = Position()
@@ -371,9 +404,9 @@ def train(model, epoch_data, val_data, *, loss, metrics, strategy, plan: Plan,
     try:
         with stop_signals() as stop:
             while pos.updates < plan.total_updates and not pos.stopped_early:
-                _run_epoch(model, optimizer, step, epoch_data, val_data, loss, train_metrics,
-                           val_metrics, strategy, plan, settings, pos, log, save, stop,
-                           folder, keep_best, mode, verbose, advice)
+                _run_epoch(model, optimizer, step, eval_step, epoch_data, val_data, loss,
+                           train_metrics, val_metrics, strategy, plan, settings, pos, log,
+                           save, stop, folder, keep_best, mode, verbose, advice)
     except (tf.errors.ResourceExhaustedError, MemoryError) as e:
         raise TrainingError(
             f"out of memory after {pos.updates} optimizer steps, with batches of "
@@ -390,9 +423,9 @@ def train(model, epoch_data, val_data, *, loss, metrics, strategy, plan: Plan,
     return TrainResult(list(log.history), pos.best_epoch, seconds, pos.updates)
 
 
-def _run_epoch(model, optimizer, step, epoch_data, val_data, loss, train_metrics, val_metrics,
-               strategy, plan, settings, pos, log, save, stop, folder, keep_best, mode,
-               verbose, advice) -> None:
+def _run_epoch(model, optimizer, step, eval_step, epoch_data, val_data, loss, train_metrics,
+               val_metrics, strategy, plan, settings, pos, log, save, stop, folder, keep_best,
+               mode, verbose, advice) -> None:
     from tfsft import checkpoints
 
     accum = settings.grad_accum_steps
@@ -413,18 +446,20 @@ def _run_epoch(model, optimizer, step, epoch_data, val_data, loss, train_metrics
     window_t, window_rows = time.perf_counter(), 0
     while pos.update_in_epoch < updates:
         n = min(accum, plan.batches_per_epoch - pos.update_in_epoch * accum)
+        k = _updates_per_call(settings, pos, updates, plan.batches_per_epoch, accum)
         t0 = time.perf_counter()
-        s, c, r = step(iterator, n)
+        s, c, r = step(iterator, n, k)
         s, c, r = float(s), float(c), int(r)
         pos.seconds += time.perf_counter() - t0
-        pos.updates += 1
-        pos.update_in_epoch += 1
-        pos.batches += n
+        pos.updates += k
+        pos.update_in_epoch += k
+        pos.batches += k * n
         batch_loss = s / max(c, 1.0)
         if not math.isfinite(batch_loss):
             in_epoch = (pos.update_in_epoch - 1) * accum + n
+            where = "at" if k == 1 else f"in the {k} steps up to"
             raise TrainingError(
-                f"training diverged: the loss became {batch_loss} at training batch "
+                f"training diverged: the loss became {batch_loss} {where} training batch "
                 f"{pos.batches} (epoch {pos.epoch + 1}, batch {in_epoch}). "
                 f"{advice}".rstrip() + _last_good(folder, pos.epoch))
         pos.loss_sum, pos.loss_count, pos.rows = pos.loss_sum + s, pos.loss_count + c, pos.rows + r
@@ -447,7 +482,7 @@ def _run_epoch(model, optimizer, step, epoch_data, val_data, loss, train_metrics
     logs = _running(pos, train_metrics)
     if val_data is not None:
         logs += [(f"val_{k}", v) for k, v in
-                 evaluate(model, val_data, loss, val_metrics, strategy).items()]
+                 evaluate(model, val_data, loss, val_metrics, strategy, eval_step).items()]
     logs = dict(logs)
     logs["learning_rate"] = _learning_rate(optimizer)
     logs["train_seconds"] = pos.seconds
@@ -475,6 +510,19 @@ def _run_epoch(model, optimizer, step, epoch_data, val_data, loss, train_metrics
     save()
     if stop["signal"]:
         _stop(stop["signal"], pos, folder)
+
+
+def _updates_per_call(settings: Settings, pos: Position, updates: int, batches: int,
+                      accum: int) -> int:
+    """How many updates the next call runs: `steps_per_execution`, but never past the
+    epoch's end, the next log or checkpoint step, or into an update of fewer batches
+    (the epoch's last), so logs and checkpoints fall on the same steps for any value."""
+    k = min(settings.steps_per_execution, updates - pos.update_in_epoch)
+    for every in (settings.log_every, settings.checkpoint_every):
+        if every:
+            k = min(k, every - pos.updates % every)
+    full = (batches - pos.update_in_epoch * accum) // accum  # updates of `accum` batches
+    return max(1, min(k, full)) if full else 1
 
 
 def _running(pos: Position, metrics) -> list:

@@ -531,7 +531,8 @@ def _train_and_evaluate(task, cfg, splits: Splits, prepared: Prepared, run_dir: 
                                    model_targets(task, cfg, encoded["validation"],
                                                  splits.targets["validation"]),
                                    t.eval_batch_size)
-    plan = training.plan(len(splits.train), batch, t.epochs, t.max_steps, t.grad_accum_steps)
+    plan = training.plan(len(splits.train), batch, t.epochs, t.max_steps, t.grad_accum_steps,
+                         cfg.data.static_shapes)
     compile_model(task, cfg, model, plan.total_updates, prepared.strategy)
     trainable = sum(int(np.prod(w.shape)) for w in model.trainable_weights)
     log(f"training {model.count_params():,} parameters ({trainable:,} trainable) on "
@@ -541,7 +542,8 @@ def _train_and_evaluate(task, cfg, splits: Splits, prepared: Prepared, run_dir: 
 
     def epoch_data(epoch: int):
         return pipeline.train_dataset(encoded["train"], targets, weights, batch, t.seed,
-                                      cfg.data.bucket_by_length, epoch=epoch)
+                                      cfg.data.bucket_by_length, epoch=epoch,
+                                      static=cfg.data.static_shapes)
 
     result = training.train(
         model, epoch_data, val_ds, loss=task.loss(cfg.task, t.label_smoothing),
@@ -549,7 +551,9 @@ def _train_and_evaluate(task, cfg, splits: Splits, prepared: Prepared, run_dir: 
         settings=training.Settings(
             batch_size=batch, grad_accum_steps=t.grad_accum_steps, clip_norm=t.clip_norm,
             monitor=t.monitor, patience=t.early_stopping_patience, keep_best=t.keep_best,
-            checkpoint_every=t.checkpoint_every),
+            checkpoint_every=t.checkpoint_every, jit_compile=t.jit_compile,
+            steps_per_execution=t.steps_per_execution,
+            log_every=max(10, t.steps_per_execution)),
         run_dir=run_dir, resume_from=resume_from,
         verbose=verbose if verbose is not None else (1 if sys.stderr.isatty() else 2),
         advice=f"Try a lower `train.learning_rate` (now {t.learning_rate:g}), keep "
@@ -621,7 +625,10 @@ def predict_logits(model, enc, batch_size: int) -> np.ndarray:
 
     from tfsft import pipeline
 
-    forward = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
+    def call(x):
+        return model(x, training=False)
+
+    forward = tf.function(call, reduce_retracing=True, autograph=False)
     out = [np.asarray(forward(x)) for x in pipeline.eval_dataset(enc, None, batch_size)]
     return np.concatenate(out) if out else np.zeros((0,))
 
