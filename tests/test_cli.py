@@ -321,7 +321,7 @@ def test_out_of_memory_is_reported_with_a_smaller_batch_suggestion(tiny_bert, tm
     from tfsft import errors, training, workflow
 
     def oom_step(*args, **kwargs):
-        def step(iterator, n):
+        def step(iterator, n, k=1):
             raise tf.errors.ResourceExhaustedError(None, None, "OOM when allocating tensor")
         return step
 

@@ -250,6 +250,19 @@ def _stop_mid_epoch(proc, resume_file, sig, min_updates=5):
     raise AssertionError("no mid-epoch checkpoint within 300 s")
 
 
+def _interrupt(cmd, out, sig, min_updates=5):
+    """Run `cmd` and send it `sig` once a mid-epoch checkpoint exists; returns (position
+    of that checkpoint, the process's stderr, its exit code)."""
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+    try:
+        pos = _stop_mid_epoch(proc, out / "checkpoints" / "resume.npz", sig, min_updates)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    return pos, err, proc.returncode
+
+
 def _event_steps(run, writer, tag):
     import tensorflow as tf
 
@@ -305,14 +318,8 @@ def test_sigkill_mid_epoch_then_the_same_command_resumes_exactly(tiny_bert, unin
     reference, toy = uninterrupted
     out = tmp_path / "run"
     cmd = _resume_cmd(tiny_bert, toy, out)
-    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
-    try:
-        pos = _stop_mid_epoch(proc, out / "checkpoints" / "resume.npz", signal.SIGKILL)
-        proc.communicate(timeout=60)
-    finally:
-        proc.kill()
-    assert proc.returncode == -signal.SIGKILL
+    pos, _, code = _interrupt(cmd, out, signal.SIGKILL)
+    assert code == -signal.SIGKILL
     assert not (out / "model").exists()
     again = _run(cmd)
     assert again.returncode == 0, again.stderr[-3000:]
@@ -330,14 +337,8 @@ def test_sigterm_saves_a_checkpoint_before_exit(tiny_bert, uninterrupted, tmp_pa
     reference, toy = uninterrupted
     out = tmp_path / "run"
     cmd = _resume_cmd(tiny_bert, toy, out)
-    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
-    try:
-        _stop_mid_epoch(proc, out / "checkpoints" / "resume.npz", signal.SIGTERM)
-        _, err = proc.communicate(timeout=120)
-    finally:
-        proc.kill()
-    assert proc.returncode == 130, err[-3000:]
+    _, err, code = _interrupt(cmd, out, signal.SIGTERM)
+    assert code == 130, err[-3000:]
     said = re.search(r"SIGTERM: checkpoint saved after update (\d+)", err)
     assert said, err[-3000:]
     # the checkpoint on disk is the one written at SIGTERM, not an earlier periodic one
@@ -353,13 +354,7 @@ def test_resume_refuses_a_changed_config(tiny_bert, uninterrupted, tmp_path):
     _, toy = uninterrupted
     out = tmp_path / "run"
     cmd = _resume_cmd(tiny_bert, toy, out)
-    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
-    try:
-        _stop_mid_epoch(proc, out / "checkpoints" / "resume.npz", signal.SIGKILL, 1)
-        proc.communicate(timeout=60)
-    finally:
-        proc.kill()
+    _interrupt(cmd, out, signal.SIGKILL, min_updates=1)
     before = (out / "checkpoints" / "resume.npz").read_bytes()
     r = _run([*cmd, "train.learning_rate=0.5"])
     assert r.returncode == 2, r.stderr[-3000:]

@@ -236,8 +236,8 @@ def cmd_fit(args) -> int:
     run = workflow.fit(args.task, args.config, args.overrides, args.output, args.overwrite,
                        verbose=2 if args.quiet else None, save_model=not args.no_model,
                        resume=not args.no_resume)
-    if not (run / "metrics.json").exists() and workflow.is_worker():
-        print(f"worker finished; the chief wrote the run: {run}")
+    if run is None:  # a non-chief worker of a multi-worker run
+        print(f"worker finished; the chief wrote the run: {args.output}")
         return 0
     print(f"run finished: {run}")
     print(json.dumps({k: workflow.key_metrics(v)

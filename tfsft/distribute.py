@@ -92,14 +92,19 @@ def is_chief(strategy) -> bool:
     return not has_chief and resolver.task_type == "worker" and resolver.task_id == 0
 
 
+def wants_multi_worker(kind: str) -> bool:
+    """`multi_worker`, or `auto` with a TF_CONFIG that names several workers."""
+    found = cluster()
+    return kind == "multi_worker" or (kind == "auto" and bool(found) and found["workers"] > 1)
+
+
 def make_strategy(kind: str = "auto", cpu_devices: int = 0):
     """The strategy for `distribute.strategy`. Multi-worker must be made before TensorFlow
     runs any op (call this first)."""
     import tensorflow as tf
 
-    found = cluster()
-    if kind == "multi_worker" or (kind == "auto" and found and found["workers"] > 1):
-        if not found:
+    if wants_multi_worker(kind):
+        if not cluster():
             raise UserError("`distribute.strategy` is 'multi_worker' but TF_CONFIG is not set: "
                             "start the workers with tools/launch_multiworker.sh N -- fit ... "
                             "(one machine), or set TF_CONFIG on each machine (README)")

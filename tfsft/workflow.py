@@ -332,8 +332,9 @@ def prepare(task, cfg, splits: Splits, strategy=None) -> Prepared:
 
 def fit(task_spec: str, config_files=(), overrides=(), output: str | None = None,
         overwrite: bool = False, verbose: int | None = None, save_model: bool = True,
-        resume: bool = True) -> Path:
-    """Train a task end to end; returns the run directory.
+        resume: bool = True) -> Path | None:
+    """Train a task end to end; returns the run directory (None in a multi-worker run's
+    non-chief workers, which write no run directory).
 
     Config, data, backbone and model are all checked before the run directory is made, so
     a mistake costs nothing and leaves nothing behind. The run directory is locked while
@@ -341,9 +342,11 @@ def fit(task_spec: str, config_files=(), overrides=(), output: str | None = None
     new one has finished (runs.open_run). An unfinished run of the same config and data
     (the `--output` given, else the newest run of the task under runs/) that left a resume
     checkpoint is continued where it stopped, unless `resume` is False or `overwrite`."""
+    from tfsft import distribute
+
     task, folder, cfg = load_task_and_config(task_spec, config_files, overrides)
     strategy = early_strategy(cfg)
-    if strategy is not None and not distribute_is_chief(strategy):
+    if strategy is not None and not distribute.is_chief(strategy):
         return _fit_as_worker(task, cfg, strategy, output, overwrite, resume, verbose)
     previous = None if overwrite or not resume else resumable_run(task, cfg, output)
     target = previous or (Path(output) if output else runs.default_dir(task.name))
@@ -376,10 +379,7 @@ def early_strategy(cfg):
     from tfsft import distribute
 
     d = cfg.distribute
-    found = distribute.cluster()
-    multi = d.strategy == "multi_worker" or (d.strategy == "auto" and found
-                                             and found["workers"] > 1)
-    if not multi and d.cpu_devices <= 1:
+    if not distribute.wants_multi_worker(d.strategy) and d.cpu_devices <= 1:
         return None
     from tfsft import quiet
 
@@ -387,23 +387,7 @@ def early_strategy(cfg):
     return distribute.make_strategy(d.strategy, d.cpu_devices)
 
 
-def is_worker() -> bool:
-    """True in a non-chief process of a multi-worker run (TF_CONFIG, not the chief)."""
-    from tfsft import distribute
-
-    found = distribute.cluster()
-    if not found or found["workers"] <= 1 or found["type"] == "chief":
-        return False
-    return found["has_chief"] or found["index"] != 0
-
-
-def distribute_is_chief(strategy) -> bool:
-    from tfsft import distribute
-
-    return distribute.is_chief(strategy)
-
-
-def _fit_as_worker(task, cfg, strategy, output, overwrite, resume, verbose) -> Path:
+def _fit_as_worker(task, cfg, strategy, output, overwrite, resume, verbose) -> None:
     """A non-chief worker of a multi-worker run: trains in step with the chief (same data,
     same resume checkpoint, read from the chief's run directory), writes only to its own
     temporary directory, which is deleted at the end. The chief writes the run."""
@@ -426,7 +410,6 @@ def _fit_as_worker(task, cfg, strategy, output, overwrite, resume, verbose) -> P
         _train_and_evaluate(task, cfg, splits, prepared, Path(tmp), verbose, save_model=False,
                             chief=False,
                             resume_from=previous / RESUME_FILE if previous else None)
-    return Path(output)
 
 
 RESUME_FILE = Path("checkpoints") / "resume.npz"
