@@ -127,3 +127,47 @@ def shared_data(relative: str) -> Path:
     if not path.exists():
         pytest.skip(f"needs {path}: ../shared/data is not beside this checkout")
     return path
+
+
+COLOURS = {"red": "rot", "blue": "blau", "green": "gruen", "black": "schwarz"}
+ANIMALS = {"cat": "katze", "dog": "hund", "bird": "vogel", "fish": "fisch"}
+
+
+def write_translation_tsv(path: Path, rows: int, seed: int) -> Path:
+    """Learnable toy pairs: "the red cat is here" -> "die rot katze ist hier" (word by
+    word; five words, so BLEU-4 has 4-grams to count)."""
+    rng = random.Random(seed)
+    lines = ["source\ttarget"]
+    for _ in range(rows):
+        c, a = rng.choice(sorted(COLOURS)), rng.choice(sorted(ANIMALS))
+        lines.append(f"the {c} {a} is here\tdie {COLOURS[c]} {ANIMALS[a]} ist hier")
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def build_toy_gpt2(folder: Path, texts: list[str], vocab_size: int = 300,
+                   max_length: int = 64, hidden: int = 32, layers: int = 2) -> Path:
+    """A GPT-2 preset with a BPE vocabulary trained on `texts` (tfsft.bpe)."""
+    import keras
+    import keras_hub
+
+    from tfsft import bpe
+
+    keras.utils.set_random_seed(1234)
+    vocab, merges = bpe.train(texts, vocab_size)
+    backbone = keras_hub.models.GPT2Backbone(
+        vocabulary_size=len(vocab), num_layers=layers, num_heads=2, hidden_dim=hidden,
+        intermediate_dim=2 * hidden, dropout=0.0, max_sequence_length=max_length)
+    backbone.save_to_preset(str(folder))
+    bpe.tokenizer(vocab, merges).save_to_preset(str(folder))
+    return folder
+
+
+@pytest.fixture(scope="session")
+def toy_translation(tmp_path_factory) -> tuple[Path, Path, Path]:
+    """(train.tsv, validation.tsv, GPT-2 preset with a vocabulary learned on train)."""
+    folder = tmp_path_factory.mktemp("toy_translation")
+    train = write_translation_tsv(folder / "train.tsv", 96, 1)
+    dev = write_translation_tsv(folder / "dev.tsv", 16, 2)
+    texts = [t for line in train.read_text().splitlines()[1:] for t in line.split("\t")]
+    return train, dev, build_toy_gpt2(folder / "gpt2", texts)

@@ -64,6 +64,7 @@ examples:
 examples:
   python -m tfsft validate tasks/sentiment
   python -m tfsft validate tasks/classification --config configs/sst2.yaml
+  python -m tfsft validate tasks/instruction data.train=train.jsonl --show 3
 """),
     "evaluate": ("evaluate a finished run on a split or a file", """\
 examples:
@@ -171,6 +172,10 @@ def parser() -> argparse.ArgumentParser:
             p.add_argument("--output", help="search directory (default runs/<task>-tune)")
             p.add_argument("--overwrite", action="store_true",
                            help="start the search over instead of resuming it")
+        if name == "validate":
+            p.add_argument("--show", type=int, default=0, metavar="N",
+                           help="print the first N training rows as the model reads them "
+                           "(tokens without loss in [[...]])")
         if name == "evaluate":
             p.add_argument("--split", default="validation",
                            help="validation, test, or a data file (default: validation)")
@@ -342,9 +347,12 @@ def cmd_validate(args) -> int:
     task, folder, cfg = workflow.load_task_and_config(args.task, args.config, args.overrides)
     splits = workflow.read_splits(task, cfg)
     prepared = workflow.prepare(task, cfg, splits)  # backbone and model build, as in fit
-    encoded = workflow.encode_splits(task, cfg, splits, prepared.preprocessor)
+    encoded = prepared.encoded
     summary = workflow.summarise(cfg, splits, encoded)
     workflow.print_summary(summary)
+    for block in workflow.show_rows(splits.train, encoded["train"], prepared.preprocessor,
+                                    args.show):
+        print(block, file=sys.stderr)
     print(json.dumps(summary, indent=2))
     print(f"ok: config and data of {args.task} are valid", file=sys.stderr)
     return 0

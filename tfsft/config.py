@@ -432,7 +432,9 @@ def reference(classes: dict[str, type]) -> list[tuple[str, str, Any, str]]:
 
     rows = []
     for section, cls in classes.items():
-        src = inspect.getsource(cls).splitlines()
+        # comments of inherited fields come from the base class (the class's own win)
+        src = [line for c in reversed(cls.__mro__) if dataclasses.is_dataclass(c)
+               for line in inspect.getsource(c).splitlines()]
         hints = typing.get_type_hints(cls)
         for f in dataclasses.fields(cls):
             comment = ""

@@ -19,7 +19,11 @@ from tfsft.errors import RunDirError
 
 
 def head_layers(model, backbone) -> list:
-    return [layer for layer in model.layers if layer is not backbone and layer.weights]
+    """The task's own layers with weights: not the backbone, nor a backbone layer the task
+    calls again (a causal LM's tied output layer is the backbone's token embedding)."""
+    inside = {id(layer) for layer in backbone.layers}
+    return [layer for layer in model.layers
+            if layer is not backbone and id(layer) not in inside and layer.weights]
 
 
 @contextlib.contextmanager

@@ -24,9 +24,9 @@ def render(run_dir: Path, task_name: str, cfg, label_names: list[str],
     summary = _read(run_dir / "data_summary.json", {})
     lines = [f"# {task_name}: fine-tuned `{Path(cfg.model.backbone).name}` (tfsft)", "",
              f"A text model for **{task_name}**, fine-tuned with tfsft from the backbone "
-             f"`{cfg.model.backbone}`. Inputs are truncated to {cfg.data.max_length} tokens.",
-             "", "## Labels", ""]
-    lines += [f"{i}. `{name}`" for i, name in enumerate(label_names)]
+             f"`{cfg.model.backbone}`. Inputs are truncated to {cfg.data.max_length} tokens."]
+    if label_names:  # generative tasks have none: the outputs are text
+        lines += ["", "## Labels", ""] + [f"{i}. `{name}`" for i, name in enumerate(label_names)]
     lines += ["", "## Training data", "", "| split | source | rows | sha256 |",
               "|---|---|---|---|"]
     for split, info in manifest.get("data", {}).items():

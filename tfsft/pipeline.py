@@ -15,7 +15,8 @@ import numpy as np
 
 CHUNK_BATCHES = 64
 PAD_MULTIPLE = 8
-TOKEN_KEYS = ("token_ids", "padding_mask", "segment_ids")  # trimmed to each batch's longest
+TOKEN_KEYS = ("token_ids", "padding_mask", "segment_ids",
+              "position_ids")  # trimmed to each batch's longest
 
 
 @dataclass(frozen=True)
@@ -26,6 +27,9 @@ class Encoded:
     lengths: np.ndarray  # tokens kept per row, special tokens included
     full_lengths: np.ndarray  # tokens before truncation, special tokens included
     notes: dict = field(default_factory=dict)  # task counts for the data summary
+    # per-token training targets laid out like the features ([rows, max_length], -1: no
+    # loss), e.g. a causal LM's next tokens; batches trim them with the features
+    labels: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.lengths)
@@ -59,7 +63,14 @@ def encode(preprocessor, texts: list[str], pairs: list[str] | None = None,
     return Encoded(features, lengths, np.concatenate(full))
 
 
-def _trim(x, *rest):
+def _cut(x, rest, width, token_targets: bool):
+    x = {k: v[:, :width] if k in TOKEN_KEYS else v for k, v in x.items()}
+    if token_targets:  # targets per token: cut like the features
+        rest = (rest[0][:, :width], *rest[1:])
+    return (x, *rest)
+
+
+def _trim(x, *rest, token_targets: bool = False):
     """Cut a padded batch to its longest row, rounded up to a multiple of PAD_MULTIPLE (so
     XLA, where Keras turns it on, compiles a bounded number of shapes)."""
     import tensorflow as tf
@@ -67,8 +78,7 @@ def _trim(x, *rest):
     longest = tf.reduce_max(tf.reduce_sum(x["padding_mask"], axis=1))
     width = tf.shape(x["padding_mask"])[1]
     longest = tf.minimum(-(-longest // PAD_MULTIPLE) * PAD_MULTIPLE, width)
-    x = {k: v[:, :longest] if k in TOKEN_KEYS else v for k, v in x.items()}
-    return (x, *rest)
+    return _cut(x, rest, longest, token_targets)
 
 
 def widths(max_length: int) -> list[int]:
@@ -84,7 +94,7 @@ def widths(max_length: int) -> list[int]:
     return [*out, max_length]
 
 
-def _pad_to_width(x, *rest):
+def _pad_to_width(x, *rest, token_targets: bool = False):
     """`static_shapes`: cut a batch to the smallest of widths() that holds its longest row
     (the features are padded to max_length already), so XLA sees a few shapes only."""
     import tensorflow as tf
@@ -93,8 +103,7 @@ def _pad_to_width(x, *rest):
     longest = tf.reduce_max(tf.reduce_sum(tf.cast(x["padding_mask"], tf.int32), axis=1))
     choices = tf.constant(widths(full), tf.int32)
     width = choices[tf.minimum(tf.searchsorted(choices, [longest])[0], len(widths(full)) - 1)]
-    x = {k: v[:, :width] if k in TOKEN_KEYS else v for k, v in x.items()}
-    return (x, *rest)
+    return _cut(x, rest, width, token_targets)
 
 
 def train_dataset(enc: Encoded, targets: np.ndarray, weights: np.ndarray | None,
@@ -124,7 +133,10 @@ def train_dataset(enc: Encoded, targets: np.ndarray, weights: np.ndarray | None,
             steps_per_epoch(len(enc), batch_size, static)))
     else:
         ds = ds.batch(batch_size, drop_remainder=static)
-    ds = ds.map(_pad_to_width if static else _trim, num_parallel_calls=tf.data.AUTOTUNE)
+    shape = _pad_to_width if static else _trim
+    per_token = enc.labels is not None
+    ds = ds.map(lambda *b: shape(*b, token_targets=per_token),
+                num_parallel_calls=tf.data.AUTOTUNE)
     ds = ds.prefetch(tf.data.AUTOTUNE)
     return ds.with_options(_shard_by_data())
 
@@ -149,7 +161,8 @@ def eval_dataset(enc: Encoded, targets: np.ndarray | None, batch_size: int):
     if targets is None:
         ds = ds.map(lambda x: _trim(x)[0])
     else:
-        ds = ds.map(_trim)
+        per_token = enc.labels is not None
+        ds = ds.map(lambda x, y: _trim(x, y, token_targets=per_token))
     return ds.prefetch(tf.data.AUTOTUNE).with_options(_shard_by_data())
 
 
@@ -163,7 +176,7 @@ def length_summary(enc: Encoded, max_length: int) -> dict:
         return {"rows": 0}
     p = np.percentile(enc.full_lengths, [50, 90, 95, 99, 100])
     return {
-        "rows": int(len(enc)),
+        "rows": int(len(enc)), "tokens": int(enc.lengths.sum()),
         "tokens_p50": float(p[0]), "tokens_p90": float(p[1]), "tokens_p95": float(p[2]),
         "tokens_p99": float(p[3]), "tokens_max": float(p[4]),
         "truncated_share": float(np.mean(enc.full_lengths > max_length)),

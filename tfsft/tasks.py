@@ -26,15 +26,27 @@ names the plugin and the member):
         The head on the backbone; takes the int32 features, returns logits.
     loss(task_cfg, label_smoothing) -> keras.losses.Loss
     metrics(task_cfg) -> list[keras.metrics.Metric]  (validation names: `val_<name>`)
+and the outputs of a scoring task (the model's logits are the prediction):
     decode(task_cfg, label_names, logits, examples) -> list[dict]
         User-facing predictions (label names and scores), one per example.
     report(task_cfg, label_names, targets, logits, examples) -> dict
         Evaluation report of one split (accuracy, precision/recall/F1, confusion matrix).
         Optional keys the core uses: `headline` (the line logged after training), `text`
         (the printed report; default: tfsft.metrics.format_report), `per_class` (with a
-        confusion matrix: plotted).
+        confusion matrix: plotted), `summary` (the key numbers).
+or of a generative task (predictions are generated text, tfsft/generation.py):
+    generate(task_cfg, model, preprocessor, examples, batch_size) -> list[dict]
+        User-facing outputs (the generated text), one per example.
+    evaluate_model(task_cfg, model, preprocessor, label_names, examples, encoded,
+                   batch_size) -> dict
+        The report of one split, as `report` (plus `samples`: a few generations, logged to
+        TensorBoard as text, and `rows`: every generation, written to
+        reports/generations_<split>.jsonl instead of metrics.json).
 
 Optional:
+    run_time_keys: tuple[str, ...]
+        `task.` keys that may differ from the trained run's in evaluate/predict (decoding
+        settings, thresholds).
     class_weights(task_cfg, targets, num_labels) -> per-example weights, used by
         `train.class_weights: balanced`.
     serving_outputs(task_cfg, label_names, logits: tf.Tensor) -> dict[str, tf.Tensor]
@@ -43,6 +55,9 @@ Optional:
     align_targets(task_cfg, encoded, targets) -> np.ndarray
         Training targets laid out as the model's outputs, when that depends on the
         tokenisation (NER: word targets -> the model's word axis, -1 where no loss).
+    pack_rows(task_cfg, encoded, max_length) -> pipeline.Encoded
+        The training rows made from the encoded training split (packing several short
+        examples per row, tfsft.seq2seq.pack), or `encoded` itself.
     text_fields(task_cfg) -> list[str]
         The reader fields holding text: what `data.clean` and `data.dedup` (and
         `tfsft data clean`) work on. Without it those options are refused for the task.
@@ -62,17 +77,21 @@ from pathlib import Path
 from tfsft.errors import PluginError
 
 CONTRACT = ("name", "config_class", "examples", "make_label_map", "encode_inputs",
-            "encode_targets", "build_model", "loss", "metrics", "decode", "report")
+            "encode_targets", "build_model", "loss", "metrics")
+OUTPUTS = (("decode", "report"), ("generate", "evaluate_model"))  # one pair of these
 ENTRY_POINT_GROUP = "tfsft.tasks"
 
 
 def verify(task: object, origin: str) -> object:
     """Check that `task` has every member of the contract; raise naming the missing ones."""
     missing = [m for m in CONTRACT if not hasattr(task, m)]
+    if not any(all(hasattr(task, m) for m in pair) for pair in OUTPUTS):
+        missing.append(" and ".join(OUTPUTS[0]) + " (or " + " and ".join(OUTPUTS[1]) + ")")
     if missing:
         raise PluginError(
             f"task plugin {origin} is missing {', '.join(missing)} "
-            f"(the contract is: {', '.join(CONTRACT)}; see tfsft/tasks.py)")
+            f"(the contract is: {', '.join(CONTRACT)}, and {' + '.join(OUTPUTS[0])} or "
+            f"{' + '.join(OUTPUTS[1])}; see tfsft/tasks.py)")
     import dataclasses
 
     if not dataclasses.is_dataclass(task.config_class):

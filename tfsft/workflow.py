@@ -141,7 +141,8 @@ def read_splits(task, cfg) -> Splits:
     label_names = task.make_label_map(cfg.task, train)
     validation, carved = parts.get("validation"), False
     if validation is None:
-        keep, held = data_lib.stratified_split(train.labels, d.validation_fraction, cfg.train.seed)
+        strata = train.labels if train.labels is not None else [""] * len(train)
+        keep, held = data_lib.stratified_split(strata, d.validation_fraction, cfg.train.seed)
         if not len(held):
             raise DataError(f"{d.train} has {len(train)} rows: too few to carve a validation "
                             f"split of {d.validation_fraction}; set `data.validation`")
@@ -178,7 +179,7 @@ def read_splits(task, cfg) -> Splits:
 
 def label_distribution(cfg, ex) -> dict:
     counts = Counter()
-    for label in ex.labels:
+    for label in ex.labels or ():  # generative tasks have no labels
         counts.update(label if isinstance(label, list) else [label])
     return dict(sorted(counts.items()))
 
@@ -216,16 +217,57 @@ def print_summary(summary: dict) -> None:
         if not s:
             continue
         dist = ", ".join(f"{k}: {v}" for k, v in s["label_distribution"].items())
-        log(f"{name}: {s['rows']} rows ({dist}); tokens p50 {s.get('tokens_p50', 0):.0f} "
+        dist = f" ({dist})" if dist else ""
+        log(f"{name}: {s['rows']} rows{dist}; tokens p50 {s.get('tokens_p50', 0):.0f} "
             f"p95 {s.get('tokens_p95', 0):.0f} max {s.get('tokens_max', 0):.0f}; "
             f"truncated {100 * s.get('truncated_share', 0):.1f}%")
         if s.get("words_cut_off") or s.get("words_without_pieces"):
             log(f"WARNING {name}: {s.get('words_cut_off', 0)} of {s.get('words', 0)} words cut "
                 f"off by `data.max_length` (in {s.get('sentences_cut', 0)} sentences) and "
                 f"{s.get('words_without_pieces', 0)} without word pieces: predicted O")
+        if s.get("prompts_truncated") or s.get("responses_truncated"):
+            log(f"{name}: {s.get('prompts_truncated', 0)} prompt(s) and "
+                f"{s.get('responses_truncated', 0)} response(s) cut to `data.max_length`; "
+                f"{s.get('target_tokens', 0)} target tokens")
+        if s.get("packing"):
+            k = s["packing"]
+            log(f"{name}: packed {k['examples']} examples into {k['packed_rows']} rows; "
+                f"padding to data.max_length {100 * k['padding_share_unpacked']:.1f}% -> "
+                f"{100 * k['padding_share_packed']:.1f}%")
+        if s.get("rows_without_loss"):
+            log(f"WARNING {name}: {s['rows_without_loss']} row(s) too long to train on are "
+                "left out of the loss (task.too_long=skip), listed in data_summary.json; the "
+                "first: " + s["rows_without_loss_list"][0])
         if s.get("skipped_rows"):
             log(f"WARNING {name}: skipped {s['skipped_rows']} bad row(s) (data.on_error=skip), "
                 "listed in data_summary.json; the first: " + s["skipped"][0])
+
+
+def show_rows(ex, enc, preprocessor, n: int) -> list[str]:
+    """The first `n` rows as the model reads them (`validate --show N`): the tokens decoded,
+    those that are no target of the loss (prompts, padding aside) inside [[...]] when the
+    task has per-token targets; else the row's text."""
+    blocks = []
+    tokenizer = preprocessor.tokenizer
+    for r in range(min(n, len(enc))):
+        length = int(enc.lengths[r])
+        ids = enc.features["token_ids"][r, :length].tolist()
+        if enc.labels is None:
+            shown = tokenizer.detokenize([ids])[0]
+        else:  # token t is a target when position t - 1 predicts it
+            trained = [False] + (enc.labels[r, :length - 1] >= 0).tolist()
+            runs_, start = [], 0
+            for t in range(1, length + 1):
+                if t == length or trained[t] != trained[start]:
+                    runs_.append((ids[start:t], trained[start]))
+                    start = t
+            texts = tokenizer.detokenize([piece for piece, _ in runs_])
+            shown = "".join(
+                (t if isinstance(t, str) else t.decode("utf-8", "replace")) if on
+                else f"[[{t if isinstance(t, str) else t.decode('utf-8', 'replace')}]]"
+                for t, (_, on) in zip(texts, runs_))
+        blocks.append(f"--- {ex.where[r]} ({length} tokens)\n{shown}")
+    return blocks
 
 
 def encode_splits(task, cfg, splits: Splits, preprocessor) -> dict:
@@ -300,6 +342,7 @@ class Prepared:
     backbone: object
     preprocessor: object
     strategy: object
+    encoded: dict  # split name -> pipeline.Encoded (tokenised once, checked)
 
 
 def prepare(task, cfg, splits: Splits, strategy=None) -> Prepared:
@@ -327,7 +370,8 @@ def prepare(task, cfg, splits: Splits, strategy=None) -> Prepared:
         log(f"distribute: {distribute.describe(strategy)}, {batch // replicas} rows per replica "
             f"per batch")
     model, backbone, preprocessor = build(task, cfg, len(splits.label_names), strategy)
-    return Prepared(model, backbone, preprocessor, strategy)
+    encoded = encode_splits(task, cfg, splits, preprocessor)  # may raise DataError
+    return Prepared(model, backbone, preprocessor, strategy, encoded)
 
 
 def fit(task_spec: str, config_files=(), overrides=(), output: str | None = None,
@@ -500,12 +544,17 @@ def _train_and_evaluate(task, cfg, splits: Splits, prepared: Prepared, run_dir: 
                         resume_from: Path | None = None) -> dict:
     from tfsft import export, pipeline, training
 
-    model, t = prepared.model, cfg.train
-    encoded = encode_splits(task, cfg, splits, prepared.preprocessor)
+    model, t, encoded = prepared.model, cfg.train, prepared.encoded
     summary = summarise(cfg, splits, encoded)
+    train_enc = encoded["train"]
+    if hasattr(task, "pack_rows"):  # several short examples per training row, or as is
+        train_enc = task.pack_rows(cfg.task, train_enc, cfg.data.max_length)
+        if train_enc is not encoded["train"]:
+            summary["train"]["packing"] = {k: train_enc.notes[k] for k in (
+                "examples", "packed_rows", "padding_share_unpacked", "padding_share_packed")}
     runs.write_json(run_dir / "data_summary.json", summary)
     print_summary(summary)
-    targets = model_targets(task, cfg, encoded["train"], splits.targets["train"])
+    targets = model_targets(task, cfg, train_enc, splits.targets["train"])
     weights = None
     if t.class_weights == "balanced":
         weights = task.class_weights(cfg.task, targets, len(splits.label_names))
@@ -514,17 +563,17 @@ def _train_and_evaluate(task, cfg, splits: Splits, prepared: Prepared, run_dir: 
                                    model_targets(task, cfg, encoded["validation"],
                                                  splits.targets["validation"]),
                                    t.eval_batch_size)
-    plan = training.plan(len(splits.train), batch, t.epochs, t.max_steps, t.grad_accum_steps,
+    plan = training.plan(len(train_enc), batch, t.epochs, t.max_steps, t.grad_accum_steps,
                          cfg.data.static_shapes)
     compile_model(task, cfg, model, plan.total_updates, prepared.strategy)
     trainable = sum(int(np.prod(w.shape)) for w in model.trainable_weights)
     log(f"training {model.count_params():,} parameters ({trainable:,} trainable) on "
-        f"{len(splits.train)} rows: {plan.total_updates} optimizer steps of "
+        f"{len(train_enc)} rows: {plan.total_updates} optimizer steps of "
         f"{t.global_batch_size} rows ({plan.batches_per_epoch} batches of {batch}/epoch, "
         f"{plan.epochs} epoch(s))")
 
     def epoch_data(epoch: int):
-        return pipeline.train_dataset(encoded["train"], targets, weights, batch, t.seed,
+        return pipeline.train_dataset(train_enc, targets, weights, batch, t.seed,
                                       cfg.data.bucket_by_length, epoch=epoch,
                                       static=cfg.data.static_shapes)
 
@@ -550,8 +599,8 @@ def _train_and_evaluate(task, cfg, splits: Splits, prepared: Prepared, run_dir: 
     metrics = {}
     for split in ("validation", "test"):
         if split in encoded:
-            metrics[split] = evaluate_split(task, cfg, model, splits, split, encoded[split],
-                                            run_dir)
+            metrics[split] = evaluate_split(task, cfg, prepared, splits, split,
+                                            encoded[split], run_dir)
     runs.write_json(run_dir / "metrics.json", metrics)
     for split, rep in metrics.items():
         log(f"{split}: {headline(rep)}")
@@ -582,14 +631,37 @@ def report_text(rep: dict) -> str:
 
 
 def write_report_files(rep: dict, folder: Path, stem: str, title: str) -> None:
-    """reports/: the text report, and the confusion-matrix PNG where the task has one."""
+    """reports/: the text report, the confusion-matrix PNG where the task has one, every
+    generation of a generative task (`rows`, taken out of `rep`: metrics.json keeps the
+    few `samples`), and those samples as TensorBoard text."""
     from tfsft import metrics as metrics_lib
 
     folder.mkdir(exist_ok=True)
+    rows = rep.pop("rows", None)
+    if rows is not None:
+        runs.write_text(folder / f"generations_{stem}.jsonl", "".join(
+            json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    if rep.get("samples"):
+        write_text_summary(folder.parent / "tensorboard" / "evaluation", f"{stem}/generations",
+                           rep["samples"])
     if "per_class" in rep:
         metrics_lib.plot_confusion_matrix(rep, str(folder / f"confusion_{stem}.png"),
                                           title=title)
     runs.write_text(folder / f"report_{stem}.txt", report_text(rep))
+
+
+def write_text_summary(folder: Path, tag: str, samples: list[dict]) -> None:
+    """A few generations as a TensorBoard text summary (one markdown table)."""
+    import tensorflow as tf
+
+    keys = list(samples[0])
+    cell = lambda v: str(v).replace("|", "\\|").replace("\n", " ")  # noqa: E731
+    table = "\n".join(["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
+                      + ["| " + " | ".join(cell(s[k]) for k in keys) + " |" for s in samples])
+    writer = tf.summary.create_file_writer(str(folder))
+    with writer.as_default():
+        tf.summary.text(tag, table, step=0)
+    writer.close()
 
 
 def model_targets(task, cfg, enc, targets: np.ndarray) -> np.ndarray:
@@ -616,10 +688,20 @@ def predict_logits(model, enc, batch_size: int) -> np.ndarray:
     return np.concatenate(out) if out else np.zeros((0,))
 
 
-def evaluate_split(task, cfg, model, splits: Splits, split: str, enc, run_dir: Path) -> dict:
+def split_report(task, cfg, model, preprocessor, label_names, ex, targets, enc) -> dict:
+    """The report of one split: the task scores the model's logits, or (a generative task)
+    generates and scores the text."""
+    if hasattr(task, "evaluate_model"):
+        return task.evaluate_model(cfg.task, model, preprocessor, label_names, ex, enc,
+                                   cfg.train.eval_batch_size)
     logits = predict_logits(model, enc, cfg.train.eval_batch_size)
-    ex = getattr(splits, split)
-    rep = task.report(cfg.task, splits.label_names, splits.targets[split], logits, ex)
+    return task.report(cfg.task, label_names, targets, logits, ex)
+
+
+def evaluate_split(task, cfg, prepared: Prepared, splits: Splits, split: str, enc,
+                   run_dir: Path) -> dict:
+    rep = split_report(task, cfg, prepared.model, prepared.preprocessor, splits.label_names,
+                       getattr(splits, split), splits.targets[split], enc)
     write_report_files(rep, run_dir / "reports", split, f"{task.name}: {split}")
     return rep
 
@@ -638,7 +720,7 @@ def check_same_model(task, run_dir: Path, cfg) -> None:
     changed = [f"model.{f.name}" for f in dataclasses.fields(cfg.model)
                if getattr(cfg.model, f.name) != getattr(trained.model, f.name)]
     changed += [f"task.{f.name}" for f in dataclasses.fields(cfg.task)
-                if f.name not in RUN_TIME_TASK_KEYS
+                if f.name not in RUN_TIME_TASK_KEYS + tuple(getattr(task, "run_time_keys", ()))
                 and getattr(cfg.task, f.name) != getattr(trained.task, f.name)]
     if changed:
         raise ConfigError(f"{', '.join(changed)} cannot change after training (the model was "
@@ -678,9 +760,8 @@ def evaluate(run_dir: Path, split: str = "validation", config_files=(), override
     else:
         ex, name = read_split(task, cfg, split, "test")[0], f"file:{Path(split).name}"
     targets = task.encode_targets(cfg.task, label_names, ex)
-    logits = predict_logits(model, task.encode_inputs(cfg.task, preprocessor, ex),
-                            cfg.train.eval_batch_size)
-    rep = task.report(cfg.task, label_names, targets, logits, ex)
+    rep = split_report(task, cfg, model, preprocessor, label_names, ex, targets,
+                       task.encode_inputs(cfg.task, preprocessor, ex))
     with runs.locked(run_dir):  # one writer of metrics.json at a time
         path = run_dir / "metrics.json"
         existing = json.loads(path.read_text()) if path.exists() else {}
@@ -715,9 +796,13 @@ def predict(run_dir: Path, input_path: str = "-", config_files=(), overrides=())
     """Yield one output dict per input row."""
     task, cfg, label_names, model, preprocessor = load_run(run_dir, config_files, overrides)
     ex = task.examples(cfg.task, read_predict_input(input_path), False)
-    logits = predict_logits(model, task.encode_inputs(cfg.task, preprocessor, ex),
-                            cfg.train.eval_batch_size)
-    for text, out in zip(ex.texts, task.decode(cfg.task, label_names, logits, ex)):
+    if hasattr(task, "generate"):
+        outputs = task.generate(cfg.task, model, preprocessor, ex, cfg.train.eval_batch_size)
+    else:
+        logits = predict_logits(model, task.encode_inputs(cfg.task, preprocessor, ex),
+                                cfg.train.eval_batch_size)
+        outputs = task.decode(cfg.task, label_names, logits, ex)
+    for text, out in zip(ex.texts, outputs):
         yield {"text": text, **out}
 
 

@@ -72,7 +72,7 @@ def measure(args, cfg_overrides) -> list[dict]:
     splits = workflow.read_splits(task, cfg)
     prepared = workflow.prepare(task, cfg, splits)
     model, t = prepared.model, cfg.train
-    enc = workflow.encode_splits(task, cfg, splits, prepared.preprocessor)
+    enc = prepared.encoded
     targets = workflow.model_targets(task, cfg, enc["train"], splits.targets["train"])
     batch = t.global_batch_size // t.grad_accum_steps
     workflow.compile_model(task, cfg, model, 10_000, prepared.strategy)

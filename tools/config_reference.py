@@ -36,6 +36,12 @@ def render() -> str:
         "", table({"task": task_cls}), "",
         "`task:` keys of `tasks/ner` (see [tasks/ner/README.md](tasks/ner/README.md)):",
         "", table({"task": load_task(REPO / "tasks" / "ner").config_class}), "",
+        "`task:` keys of `tasks/translation` (see "
+        "[tasks/translation/README.md](tasks/translation/README.md)):",
+        "", table({"task": load_task(REPO / "tasks" / "translation").config_class}), "",
+        "`task:` keys of `tasks/instruction` (see "
+        "[tasks/instruction/README.md](tasks/instruction/README.md)):",
+        "", table({"task": load_task(REPO / "tasks" / "instruction").config_class}), "",
         "`tune:` keys, read by `tfsft tune` only "
         "(see [Hyperparameter search](#hyperparameter-search)):",
         "", table({"tune": tune.TuneConfig})])
