@@ -2,8 +2,8 @@
 the task-plugin members that translation and instruction tasks share.
 
 A task built on it defines its config as a subclass of `SftConfig` (its own fields plus
-these), `examples` (reader rows -> seq2seq.Pairs) and `make_label_map` (no classes: []),
-and takes the other contract members from here: tokenise once with response-only targets
+these) and its plugin object as a subclass of `SftTask` with `examples` (reader rows ->
+seq2seq.Pairs), and takes the other contract members from here: tokenise once with response-only targets
 (seq2seq.encode), pack (seq2seq.pack), the model (causal_lm.PackedGPT2CausalLM), the loss
 (targets -1 ignored: the mean over response tokens), token accuracy, generation
 (tfsft/generation.py) and the report (sacrebleu BLEU/chrF, exact match, perplexity).
@@ -206,3 +206,21 @@ def report(model, enc, batch_size: int, ex: seq2seq.Pairs, hypotheses: list[str]
                         "perplexity": float(np.exp(nll))},
             "headline": f"BLEU {s['bleu']:.2f}, chrF {s['chrf']:.2f}, exact match "
                         f"{s['exact_match']:.1f}%, perplexity {float(np.exp(nll)):.2f}"}
+
+
+class SftTask:
+    """The members a prompt -> response task takes from here; a task subclasses it and sets
+    `name`, `config_class` and `examples` (and may wrap `generate` / `evaluate_model` to
+    name its output field)."""
+
+    run_time_keys = RUN_TIME_KEYS
+    make_label_map = staticmethod(make_label_map)
+    encode_inputs = staticmethod(encode_inputs)
+    encode_targets = staticmethod(encode_targets)
+    align_targets = staticmethod(align_targets)
+    pack_rows = staticmethod(pack_rows)
+    build_model = staticmethod(build_model)
+    loss = staticmethod(loss)
+    metrics = staticmethod(metrics)
+    generate = staticmethod(generate)
+    evaluate_model = staticmethod(evaluate_model)

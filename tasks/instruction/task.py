@@ -132,23 +132,12 @@ def _shown(value) -> str:
     return "nothing" if value is None else repr(value)[:60]
 
 
-class InstructionTask:
-    """The plugin object: the contract members of tfsft/tasks.py."""
+class InstructionTask(sft.SftTask):
+    """The plugin object: the contract members of tfsft/tasks.py (most from tfsft/sft.py)."""
 
     name = "instruction"
     config_class = InstructionConfig
-    run_time_keys = sft.RUN_TIME_KEYS
     examples = staticmethod(examples)
-    make_label_map = staticmethod(sft.make_label_map)
-    encode_inputs = staticmethod(sft.encode_inputs)
-    encode_targets = staticmethod(sft.encode_targets)
-    align_targets = staticmethod(sft.align_targets)
-    pack_rows = staticmethod(sft.pack_rows)
-    build_model = staticmethod(sft.build_model)
-    loss = staticmethod(sft.loss)
-    metrics = staticmethod(sft.metrics)
-    generate = staticmethod(sft.generate)
-    evaluate_model = staticmethod(sft.evaluate_model)
 
 
 TASK = InstructionTask()

@@ -79,21 +79,12 @@ def evaluate_model(cfg, model, preprocessor, label_names, ex, enc, batch_size: i
                               output_field="translation")
 
 
-class TranslationTask:
-    """The plugin object: the contract members of tfsft/tasks.py."""
+class TranslationTask(sft.SftTask):
+    """The plugin object: the contract members of tfsft/tasks.py (most from tfsft/sft.py)."""
 
     name = "translation"
     config_class = TranslationConfig
-    run_time_keys = sft.RUN_TIME_KEYS
     examples = staticmethod(examples)
-    make_label_map = staticmethod(sft.make_label_map)
-    encode_inputs = staticmethod(sft.encode_inputs)
-    encode_targets = staticmethod(sft.encode_targets)
-    align_targets = staticmethod(sft.align_targets)
-    pack_rows = staticmethod(sft.pack_rows)
-    build_model = staticmethod(sft.build_model)
-    loss = staticmethod(sft.loss)
-    metrics = staticmethod(sft.metrics)
     generate = staticmethod(generate)
     evaluate_model = staticmethod(evaluate_model)
 
