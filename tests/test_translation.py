@@ -122,3 +122,21 @@ def test_a_row_too_long_stops_before_anything_is_written(toy_translation, tmp_pa
     err = capsys.readouterr().err
     assert code != 0 and not out.exists()
     assert f"{bad}:6" in err and "data.max_length" in err and "task.too_long" in err
+
+
+def test_on_error_skip_drops_bad_pairs_and_lists_them(tmp_path):
+    from tfsft import workflow
+
+    train = tmp_path / "t.jsonl"
+    good = [{"source": f"A dog {i}.", "target": f"Ein Hund {i}."} for i in range(30)]
+    train.write_text("".join(json.dumps(r) + "\n" for r in
+                             [*good[:10], {"source": "A cat."}, *good[10:]]))
+    task, cfg = task_and_cfg(f"data.train={train}", "data.on_error=skip")
+    splits = workflow.read_splits(task, cfg)
+    assert len(splits.train) + len(splits.validation) == 30  # validation carved at random
+    assert splits.skipped["train"] == [f"{train}:11: no `target` field (fields: source); "
+                                       "every training row needs a translation (set "
+                                       "`task.target_field`)"]
+    task, cfg = task_and_cfg(f"data.train={train}")
+    with pytest.raises(DataError, match="t.jsonl:11: no `target` field"):
+        workflow.read_splits(task, cfg)
