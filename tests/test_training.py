@@ -226,7 +226,7 @@ def _run(cmd):
 def _checkpoint_position(path):
     from tfsft import checkpoints
 
-    return checkpoints.load_state(path, expected=-1, check=False)[1]["position"]
+    return checkpoints.load_state(path)[1]["position"]
 
 
 def _stop_mid_epoch(proc, resume_file, sig, min_updates=5):

@@ -58,8 +58,9 @@ def save_state(path: Path, arrays: list, meta: dict) -> Path:
     return _atomically(path, tmp, write)
 
 
-def load_state(path: Path, expected: int, check: bool = True) -> tuple[list, dict]:
-    """(arrays, meta) of a resume checkpoint holding `expected` arrays, or TrainingError."""
+def load_state(path: Path, expected: int | None = None) -> tuple[list, dict]:
+    """(arrays, meta) of a resume checkpoint holding `expected` arrays (None: any number),
+    or TrainingError."""
     try:
         with np.load(path, allow_pickle=False) as z:
             meta = json.loads(str(z["meta"]))
@@ -67,7 +68,7 @@ def load_state(path: Path, expected: int, check: bool = True) -> tuple[list, dic
     except (OSError, ValueError, KeyError) as e:
         raise TrainingError(f"cannot read the resume checkpoint {path}: {e}. Delete it to "
                             "start the run over (or use --overwrite)") from None
-    if check and len(arrays) != expected:
+    if expected is not None and len(arrays) != expected:
         raise TrainingError(f"{path} holds {len(arrays)} variables, but this model and "
                             f"optimizer have {expected}: it was written for another model. "
                             "Delete it to start over (or use --overwrite)")

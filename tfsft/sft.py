@@ -3,10 +3,11 @@ the task-plugin members that translation and instruction tasks share.
 
 A task built on it defines its config as a subclass of `SftConfig` (its own fields plus
 these) and its plugin object as a subclass of `SftTask` with `examples` (reader rows ->
-seq2seq.Pairs), and takes the other contract members from here: tokenise once with response-only targets
-(seq2seq.encode), pack (seq2seq.pack), the model (causal_lm.PackedGPT2CausalLM), the loss
-(targets -1 ignored: the mean over response tokens), token accuracy, generation
-(tfsft/generation.py) and the report (sacrebleu BLEU/chrF, exact match, perplexity).
+seq2seq.Pairs), and takes the other contract members from here: tokenise once with
+response-only targets (seq2seq.encode), pack (seq2seq.pack), the model
+(causal_lm.PackedGPT2CausalLM), the loss (targets -1 ignored: the mean over response
+tokens), token accuracy, generation (tfsft/generation.py) and the report (sacrebleu
+BLEU/chrF, exact match, perplexity).
 """
 
 from __future__ import annotations
@@ -148,7 +149,7 @@ def generate_texts(model, preprocessor, prompts: list[list[tuple[str, bool]]], o
 
 
 def _warn(notes: dict, max_length: int, max_new_tokens: int) -> None:
-    from tfsft.workflow import log
+    from tfsft.messages import log
 
     if notes["prompts_cut"] or notes["generation_limited"]:
         log(f"WARNING generation: {notes['prompts_cut']} prompt(s) longer than "

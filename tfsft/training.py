@@ -30,6 +30,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
+from tfsft import messages
 from tfsft.errors import Terminated, TrainingError
 
 NO_DECAY = ["bias", "gamma", "beta", "LayerNorm", "layer_norm"]
@@ -397,8 +398,9 @@ def train(model, epoch_data, val_data, *, loss, metrics, strategy, plan: Plan,
         pos = Position(**meta["position"])
         log.restore(meta["log"])
         log.flush()
-        _log(f"resuming from {start_from}: update {pos.updates} of {plan.total_updates} "
-             f"(epoch {pos.epoch + 1}, update {pos.update_in_epoch} of the epoch)")
+        messages.log(f"resuming from {start_from}: update {pos.updates} of "
+                     f"{plan.total_updates} (epoch {pos.epoch + 1}, update "
+                     f"{pos.update_in_epoch} of the epoch)")
 
     start = time.perf_counter()
     try:
@@ -505,7 +507,8 @@ def _run_epoch(model, optimizer, step, eval_step, epoch_data, val_data, loss, tr
     pos.update_in_epoch = 0
     if settings.patience and pos.wait >= settings.patience and val_data is not None:
         pos.stopped_early = True
-        _log(f"early stopping: `{settings.monitor}` has not improved for {pos.wait} epochs")
+        messages.log(f"early stopping: `{settings.monitor}` has not improved for {pos.wait} "
+                     "epochs")
     log.epoch(pos.epoch, logs)
     save()
     if stop["signal"]:
@@ -536,15 +539,12 @@ def _learning_rate(optimizer) -> float:
 
 def _stop(signum: int, pos: Position, folder: Path):
     name = "SIGTERM" if signum == signal.SIGTERM else "Ctrl-C"
-    _log(f"{name}: checkpoint saved after update {pos.updates} (epoch {pos.epoch + 1}) in "
-         f"{folder / 'resume.npz'}; run the same command again to resume from there")
+    messages.log(f"{name}: checkpoint saved after update {pos.updates} (epoch "
+                 f"{pos.epoch + 1}) in {folder / 'resume.npz'}; run the same command again to "
+                 "resume from there")
     raise Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
 
 
-def _log(msg: str) -> None:
-    import sys
-
-    print(f"[tfsft] {msg}", file=sys.stderr, flush=True)
 
 
 def _last_good(folder: Path, epochs_done: int) -> str:

@@ -18,10 +18,7 @@ from tfsft import config as config_lib
 from tfsft import data as data_lib
 from tfsft import runs, tasks
 from tfsft.errors import ConfigError, DataError, RunDirError
-
-
-def log(msg: str) -> None:
-    print(f"[tfsft] {msg}", file=sys.stderr, flush=True)
+from tfsft.messages import log
 
 
 @dataclass(frozen=True)

@@ -167,7 +167,7 @@ def examples(cfg: NerConfig, rows, labelled: bool = True) -> Sentences:
     if problems:
         raise DataError(problems, rows=bad)
     if repaired:
-        from tfsft.workflow import log
+        from tfsft.messages import log
 
         log(f"WARNING {rows.source}: {len(repaired)} invalid tag transition(s) read as B- "
              "(`task.invalid: repair`); the first:")
