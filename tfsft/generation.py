@@ -79,7 +79,8 @@ def generate(model, rows: list[list[int]], end_id: int, options: Options,
 
 
 def detokenize(tokenizer, rows: list[list[int]]) -> list[str]:
+    """Token id rows as text (bytes that are not valid UTF-8 are replaced)."""
     if not rows:
         return []
-    texts = tokenizer.detokenize([r if r else [] for r in rows])
+    texts = tokenizer.detokenize(rows)
     return [t if isinstance(t, str) else t.decode("utf-8", "replace") for t in texts]

@@ -244,13 +244,14 @@ def show_rows(ex, enc, preprocessor, n: int) -> list[str]:
     """The first `n` rows as the model reads them (`validate --show N`): the tokens decoded,
     those that are no target of the loss (prompts, padding aside) inside [[...]] when the
     task has per-token targets; else the row's text."""
+    from tfsft.generation import detokenize
+
     blocks = []
-    tokenizer = preprocessor.tokenizer
     for r in range(min(n, len(enc))):
         length = int(enc.lengths[r])
         ids = enc.features["token_ids"][r, :length].tolist()
         if enc.labels is None:
-            shown = tokenizer.detokenize([ids])[0]
+            shown = detokenize(preprocessor.tokenizer, [ids])[0]
         else:  # token t is a target when position t - 1 predicts it
             trained = [False] + (enc.labels[r, :length - 1] >= 0).tolist()
             runs_, start = [], 0
@@ -258,11 +259,9 @@ def show_rows(ex, enc, preprocessor, n: int) -> list[str]:
                 if t == length or trained[t] != trained[start]:
                     runs_.append((ids[start:t], trained[start]))
                     start = t
-            texts = tokenizer.detokenize([piece for piece, _ in runs_])
-            shown = "".join(
-                (t if isinstance(t, str) else t.decode("utf-8", "replace")) if on
-                else f"[[{t if isinstance(t, str) else t.decode('utf-8', 'replace')}]]"
-                for t, (_, on) in zip(texts, runs_))
+            texts = detokenize(preprocessor.tokenizer, [piece for piece, _ in runs_])
+            shown = "".join(text if on else f"[[{text}]]"
+                            for text, (_, on) in zip(texts, runs_))
         blocks.append(f"--- {ex.where[r]} ({length} tokens)\n{shown}")
     return blocks
 
