@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import random
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +25,11 @@ FILLER = ["the", "film", "was", "very", "food", "and", "really", "a", "show", "i
 def _seed():
     random.seed(0)
     np.random.seed(0)
+    yield
+    if "tensorflow" in sys.modules:  # a run in this process may have turned it on
+        from tfsft import precision
+
+        precision.use_graph_pass("float32")
 
 
 def _bert_vocab() -> list[str]:

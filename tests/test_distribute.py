@@ -36,8 +36,8 @@ def _fit(backbone, toy_data, out, *extra):
     return run_cli("fit", "tasks/sentiment", f"model.backbone={backbone}",
                    f"data.train={train}", f"data.validation={dev}", "data.max_length=16",
                    "train.epochs=3", "train.global_batch_size=8", "train.learning_rate=2e-2",
-                   "model.dropout=0.0", "train.deterministic=true", "--output", out, "--quiet",
-                   *extra)
+                   "model.dropout=0.0", "train.deterministic=true", "train.precision=float32",
+                   "--output", out, "--quiet", *extra)
 
 
 def test_mirrored_over_two_cpus_equals_one_device(tiny_bert_no_dropout, tmp_path, toy_data):
@@ -116,7 +116,8 @@ def test_launch_multiworker_two_workers_match_one_device(tiny_bert_no_dropout, t
     args = ["fit", "tasks/sentiment", f"model.backbone={tiny_bert_no_dropout}",
             f"data.train={train}", f"data.validation={dev}", "data.max_length=16",
             "train.epochs=3", "train.global_batch_size=8", "train.learning_rate=2e-2",
-            "model.dropout=0.0", "train.deterministic=true", "task.pooling=mean", "--quiet"]
+            "model.dropout=0.0", "train.deterministic=true", "task.pooling=mean",
+            "train.precision=float32", "--quiet"]
     one = run_cli(*args, "--output", tmp_path / "one")
     assert one.returncode == 0, one.stderr[-3000:]
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHON=sys.executable, TMPDIR=str(tmp_path))
@@ -175,7 +176,9 @@ def test_tpu_profile_compiles_its_step_with_xla_on_cpu(tiny_bert_no_dropout, tmp
               "train.global_batch_size=8", "train.eval_batch_size=8", "train.epochs=3",
               "train.learning_rate=2e-2", "model.dropout=0.0", "task.pooling=mean",
               "train.deterministic=true", "--quiet"]
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="0")
+    # TensorFlow names every function XLA compiles at this log level. The one-replica
+    # optimizer update and the fused GELU are compiled either way; the step only with jit.
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="0", TF_CPP_VMODULE="device_compiler=2")
     runs = {}
     for jit in ("true", "false"):
         out = tmp_path / f"jit_{jit}"
@@ -183,7 +186,7 @@ def test_tpu_profile_compiles_its_step_with_xla_on_cpu(tiny_bert_no_dropout, tmp
                             "--output", str(out)], cwd=REPO, env=env, capture_output=True,
                            text=True, timeout=900)
         assert r.returncode == 0, r.stderr[-3000:]
-        assert ("Compiled cluster using XLA" in r.stderr) == (jit == "true")
+        assert ("Signature: __inference_replica_step" in r.stderr) == (jit == "true")
         runs[jit] = [json.loads(x) for x in (out / "history.jsonl").read_text().splitlines()]
     compiled, plain = runs["true"], runs["false"]
     assert len(compiled) == 3 and compiled[-1]["loss"] < compiled[0]["loss"]

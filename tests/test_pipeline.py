@@ -20,8 +20,8 @@ def test_encode_and_trim(tiny_bert):
     batch = next(iter(pipeline.eval_dataset(pipeline.Encoded(
         {k: v[:1] for k, v in enc.features.items()}, enc.lengths[:1], enc.full_lengths[:1]),
         None, 4)))
-    # padded to the longest row only, rounded up to a multiple of PAD_MULTIPLE
-    assert batch["token_ids"].shape == (1, pipeline.PAD_MULTIPLE)
+    # padded to the longest row only
+    assert batch["token_ids"].shape == (1, 3)
 
 
 def _toy_encoded(n: int, seed: int = 0) -> pipeline.Encoded:
@@ -44,10 +44,8 @@ def test_bucketed_epoch_sees_every_row_once_with_less_padding():
             seen.extend(y.numpy().tolist())
             padded += int(np.prod(x["token_ids"].shape))
             steps += 1
-            # trimmed to the longest row, rounded up to the pad multiple
-            longest = int(x["padding_mask"].numpy().sum(axis=1).max())
-            m = pipeline.PAD_MULTIPLE
-            assert x["token_ids"].shape[1] == min(-(-longest // m) * m, 32)
+            # trimmed to the longest row
+            assert x["token_ids"].shape[1] == int(x["padding_mask"].numpy().sum(axis=1).max())
         return sorted(seen), padded, steps
 
     seen_b, padded_b, steps_b = epoch(True)

@@ -36,6 +36,8 @@ def exported(request, tmp_path_factory):
     r = cli("fit", "tasks/sentiment", f"model.backbone={backbone}", f"data.train={train}",
             f"data.validation={dev}", "data.max_length=16", "train.epochs=6",
             "train.global_batch_size=8", "train.learning_rate=2e-2", "model.dropout=0.0",
+            # float32: `predict` computes in the run's precision, the SavedModel in float32
+            "train.precision=float32",
             # mean pooling: CLS on this random tiny BERT can sit on the 0.693 plateau
             *(["task.pooling=mean"] if request.param == "tiny_bert" else []),
             "--output", run, "--quiet")

@@ -48,21 +48,28 @@ def resolve_source(spec: str) -> str:
     return spec
 
 
-def load(spec: str, max_length: int, dtype: str | None = None):
+def load(spec: str, max_length: int, dtype: str | None = None, dropout: float = -1.0):
     """(backbone, preprocessor) for a spec; the preprocessor pads/truncates to `max_length`.
-    `dtype`: a Keras dtype policy name for the backbone (None: as saved, float32)."""
+    `dtype`: a Keras dtype policy name for the backbone (None: as saved, float32);
+    `dropout`: the backbone's dropout rate (-1: as saved)."""
     source = resolve_source(spec)
     quiet.import_tensorflow_quietly()
     import keras_hub
 
     try:
-        backbone = keras_hub.models.Backbone.from_preset(
-            source, **({"dtype": dtype} if dtype else {}))
+        kwargs = {"dtype": dtype} if dtype else {}
+        if dropout >= 0:
+            kwargs["dropout"] = dropout
+        backbone = keras_hub.models.Backbone.from_preset(source, **kwargs)
     except Exception as e:  # KerasHub raises ValueError/OSError/HTTP errors for bad presets
         offline = "" if os.path.exists(source) else (
             " Preset names are downloaded by KerasHub and need network; for offline use "
             "point `model.backbone` at a local preset or Hugging Face directory.")
         raise UserError(f"could not load backbone {spec!r}: {e}.{offline}") from None
+    from tfsft import fused
+
+    fused.use_fused_gelu(backbone)
+    fused.use_fused_layer_norm(backbone)
     return backbone, load_preprocessor(source, backbone, max_length)
 
 

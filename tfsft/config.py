@@ -31,7 +31,7 @@ PATH = {"path": True}  # field metadata: value is a file path (or a `tfds:` sour
 MAYBE_PATH = {"maybe_path": True}  # a path if it looks like one, else a preset name
 
 
-Precision = Literal["float32", "auto", "mixed_bfloat16", "mixed_float16"]
+Precision = Literal["float32", "auto", "onednn_bfloat16", "mixed_bfloat16", "mixed_float16"]
 
 
 @dataclass(frozen=True)
@@ -67,6 +67,7 @@ class ModelConfig:
 
     backbone: str = field(default="all-minilm-l6-v2", metadata=MAYBE_PATH)  # see `tfsft list`
     dropout: float = 0.1  # dropout before the classification head
+    backbone_dropout: float = -1.0  # dropout inside the backbone (-1: as the checkpoint has it)
     freeze: Literal["none", "backbone", "embeddings"] = "none"  # what to keep fixed
     freeze_layers: int = 0  # also freeze the first k transformer layers
     lora_rank: int = 0  # >0: train LoRA adapters of this rank instead of the backbone
@@ -93,7 +94,7 @@ class TrainConfig:
     seed: int = 42  # seeds Python, NumPy, TensorFlow and Keras; also shuffling and splits
     deterministic: bool = False  # TF op determinism: bit-identical reruns, somewhat slower
     eval_batch_size: int = 64  # batch size for validation, evaluate and predict
-    precision: Precision = "float32"  # compute dtype; auto: mixed_bfloat16 if the hardware has bf16
+    precision: Precision = "auto"  # compute dtype; auto: bf16 matmuls where the hardware has them
     checkpoint_every: int = 500  # optimizer steps between resume checkpoints (0: epoch ends only)
     jit_compile: bool = False  # XLA-compile the training step (TPUs compile it in any case)
     steps_per_execution: int = 1  # optimizer steps per call of the step (TPU: fewer host trips)
@@ -273,6 +274,9 @@ def cross_check(data: DataConfig, train: TrainConfig, model: ModelConfig) -> lis
         errors.append(f"`data.validation_fraction` ({data.validation_fraction}) must be in (0, 1)")
     if not 0.0 <= model.dropout < 1.0:
         errors.append(f"`model.dropout` ({model.dropout}) must be in [0, 1)")
+    if not (model.backbone_dropout == -1.0 or 0.0 <= model.backbone_dropout < 1.0):
+        errors.append(f"`model.backbone_dropout` ({model.backbone_dropout}) must be in [0, 1), "
+                      "or -1 to keep the checkpoint's own")
     if not 0.0 <= train.label_smoothing < 1.0:
         errors.append(f"`train.label_smoothing` ({train.label_smoothing}) must be in [0, 1)")
     for name, value, low in [("train.global_batch_size", train.global_batch_size, 1),

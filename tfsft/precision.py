@@ -1,10 +1,15 @@
-"""`train.precision`: the Keras dtype policy a run computes in.
+"""`train.precision`: what a run computes in.
 
-`mixed_bfloat16` keeps float32 variables and computes matmuls in bfloat16: on CPUs with
-AVX512_BF16 or AMX (oneDNN) and on TPUs and recent GPUs that is much faster
-(tools/bench.py measures the matmul peak of both). `mixed_float16` adds loss scaling
-(Keras wraps the optimizer in a LossScaleOptimizer when compiling). `auto` picks
-`mixed_bfloat16` where the hardware has native bfloat16, else `float32`.
+- `float32`: everything in float32.
+- `onednn_bfloat16`: a float32 Keras model; TensorFlow's oneDNN auto-mixed-precision graph
+  pass runs the matmuls (and what it can keep next to them) in bfloat16. CPUs only. On a
+  CPU this beats `mixed_bfloat16`: Keras' policy also makes every elementwise op
+  (GELU, LayerNorm, dropout) bfloat16, which TensorFlow computes slowly on CPUs, and casts
+  every weight in every layer call (docs/performance.md has the figures).
+- `mixed_bfloat16`: Keras' policy: float32 variables, bfloat16 compute (TPUs, GPUs).
+- `mixed_float16`: the same in float16, with loss scaling (Keras wraps the optimizer).
+- `auto`: `mixed_bfloat16` on TPUs and on GPUs of compute capability 8.0 or newer,
+  `onednn_bfloat16` on CPUs with AVX512_BF16 or AMX, else `float32`.
 """
 
 from __future__ import annotations
@@ -12,8 +17,9 @@ from __future__ import annotations
 import contextlib
 from pathlib import Path
 
-CHOICES = ("float32", "auto", "mixed_bfloat16", "mixed_float16")
+CHOICES = ("float32", "auto", "onednn_bfloat16", "mixed_bfloat16", "mixed_float16")
 CPU_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+ONEDNN_PASS = "auto_mixed_precision_onednn_bfloat16"
 
 
 def cpu_has_bf16(cpuinfo: str | None = None) -> bool:
@@ -31,7 +37,7 @@ def cpu_has_bf16(cpuinfo: str | None = None) -> bool:
 
 
 def resolve(choice: str) -> str:
-    """The Keras policy name for a `train.precision` value."""
+    """The precision mode a `train.precision` value means on this machine."""
     if choice not in CHOICES:
         raise ValueError(f"precision must be one of {CHOICES}, got {choice!r}")
     if choice != "auto":
@@ -45,7 +51,21 @@ def resolve(choice: str) -> str:
         caps = [tf.config.experimental.get_device_details(g).get("compute_capability", (0, 0))
                 for g in gpus]
         return "mixed_bfloat16" if all(c >= (8, 0) for c in caps) else "float32"
-    return "mixed_bfloat16" if cpu_has_bf16() else "float32"
+    return "onednn_bfloat16" if cpu_has_bf16() else "float32"
+
+
+def keras_policy(mode: str) -> str:
+    """The Keras dtype policy of a resolved mode (`onednn_bfloat16` builds a float32 model)."""
+    return "float32" if mode == "onednn_bfloat16" else mode
+
+
+def use_graph_pass(mode: str) -> None:
+    """Turn the oneDNN bfloat16 graph pass on for `onednn_bfloat16`, off otherwise. It is a
+    process-wide TensorFlow setting, read when a `tf.function` is first run: every run sets
+    it for itself before it builds anything."""
+    import tensorflow as tf
+
+    tf.config.optimizer.set_experimental_options({ONEDNN_PASS: mode == "onednn_bfloat16"})
 
 
 @contextlib.contextmanager

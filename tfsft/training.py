@@ -175,12 +175,13 @@ def _rows(x):
 
 
 def make_train_step(model, optimizer, loss, metrics, strategy, clip_norm: float,
-                    jit_compile: bool = False):
+                    jit_compile: bool = False, fuse_update: bool = True):
     """`step(iterator, n) -> (loss sum, count, rows)`: one optimizer update from the next
     `n` global batches of a distributed iterator; `step(iterator, n, k)` runs `k` such
     updates in one call (`train.steps_per_execution`: fewer host round trips, what TPUs
     want). `jit_compile`: the per-replica step is compiled by XLA (once per batch shape:
-    see data.static_shapes)."""
+    see data.static_shapes). `fuse_update`: with one replica, the optimizer update alone
+    is XLA-compiled (the same arithmetic, fused into one pass per variable)."""
     import tensorflow as tf
 
     replicas = strategy.num_replicas_in_sync
@@ -208,19 +209,39 @@ def make_train_step(model, optimizer, loss, metrics, strategy, clip_norm: float,
             for m in metrics:
                 m.update_state(y, pred)
             total, count, rows = total + s, count + c, rows + _rows(x)
-        present = [i for i, g in enumerate(acc) if g is not None]
+        present = tuple(i for i, g in enumerate(acc) if g is not None)
         grads = [acc[i] for i in present]
         global_count = count
         if replicas > 1:
             *grads, global_count = tf.distribute.get_replica_context().all_reduce(
                 tf.distribute.ReduceOp.SUM, [*grads, count])
-        grads = [g / tf.maximum(global_count, 1.0) for g in grads]
-        if clip_norm:  # on the whole update's gradient (scaled when float16 scales the loss)
-            grads, _ = tf.clip_by_global_norm(grads, clip_norm * optimizer.scale_loss(1.0))
-        if replicas > 1:  # the Keras optimizer sums over replicas; each adds its share
-            grads = [g / replicas for g in grads]
-        optimizer.apply(grads, [variables[i] for i in present])
+        apply_update(present, grads, global_count)
         return total, count, rows
+
+    def apply_update(present, grads, global_count):
+        """Apply the mean gradient of the global batch (`grads` are summed over it): one
+        factor folds the mean, the global-norm clip (of the whole update's gradient,
+        scaled when float16 scales the loss) and the per-replica share, so the gradients
+        are scaled once, inside the optimizer's (XLA-fused) update."""
+        factor = 1.0 / tf.maximum(global_count, 1.0)
+        if clip_norm:
+            limit = clip_norm * optimizer.scale_loss(1.0)
+            norm = tf.linalg.global_norm(grads) * factor
+            factor = factor * limit / tf.maximum(norm, limit)
+        if replicas > 1:  # the Keras optimizer sums over replicas; each adds its share
+            factor = factor / replicas
+        return apply_scaled(present, grads, factor)
+
+    def apply_scaled(present, grads, factor):
+        optimizer.apply([g * tf.cast(factor, g.dtype) for g in grads],
+                        [variables[i] for i in present])
+        return tf.constant(0)
+
+    if fuse_update and replicas == 1 and not jit_compile:
+        # AdamW is ~15 elementwise passes over every variable (22M values for MiniLM: 85
+        # ms a step); XLA fuses them into one (29 ms). Keras' update merges across
+        # replicas, which XLA cannot compile, so only a one-replica step is fused.
+        apply_scaled = tf.function(apply_scaled, jit_compile=True, autograph=False)
 
     sum_ = tf.distribute.ReduceOp.SUM
     # no data-dependent Python control flow inside: AutoGraph has nothing to convert
@@ -333,6 +354,7 @@ class Position:
     best_epoch: int | None = None
     wait: int = 0  # epochs since `monitor` last improved
     stopped_early: bool = False
+    best_is_current: bool = False  # the best epoch was the last: the model holds it
 
 
 def state_variables(model, optimizer, metrics) -> list:
@@ -418,7 +440,7 @@ def train(model, epoch_data, val_data, *, loss, metrics, strategy, plan: Plan,
             "train.grad_accum_steps=2), or lower `data.max_length`."
             + _last_good(folder, pos.epoch)) from None
     seconds = time.perf_counter() - start
-    if pos.best_epoch is not None:
+    if pos.best_epoch is not None and not pos.best_is_current:
         model.load_weights(str(folder / "best.weights.h5"))
     # the model now holds the weights to keep, saved next as model/: no second copy
     shutil.rmtree(folder, ignore_errors=True)
@@ -492,15 +514,12 @@ def _run_epoch(model, optimizer, step, eval_step, epoch_data, val_data, loss, tr
     bar.update(updates, [(k, v) for k, v in logs.items() if k != "learning_rate"],
                finalize=True)
     finite = math.isfinite(logs["loss"])
-    if finite:
-        checkpoints.save_weights(model, folder / "last.weights.h5")
     value = logs.get(settings.monitor)
+    improved = False
     if finite and value is not None and math.isfinite(value):
-        if pos.best is None or (value < pos.best if mode == "min" else value > pos.best):
+        improved = pos.best is None or (value < pos.best if mode == "min" else value > pos.best)
+        if improved:
             pos.best, pos.wait = float(value), 0
-            if keep_best:
-                pos.best_epoch = pos.epoch + 1
-                checkpoints.save_weights(model, folder / "best.weights.h5")
         else:
             pos.wait += 1
     pos.epoch += 1
@@ -510,7 +529,21 @@ def _run_epoch(model, optimizer, step, eval_step, epoch_data, val_data, loss, tr
         messages.log(f"early stopping: `{settings.monitor}` has not improved for {pos.wait} "
                      "epochs")
     log.epoch(pos.epoch, logs)
-    save()
+    # After the last epoch the model is saved next: the weights it holds need no copy
+    # (nor a resume checkpoint: a crash before the model is saved resumes from the last
+    # periodic one). MiniLM: 450 MB less to write.
+    last = (pos.updates >= plan.total_updates or pos.stopped_early) and not stop["signal"]
+    if improved and keep_best:
+        pos.best_epoch = pos.epoch
+        if not last:
+            checkpoints.save_weights(model, folder / "best.weights.h5")
+        pos.best_is_current = last
+    if finite and not last:
+        checkpoints.save_weights(model, folder / "last.weights.h5")
+    if last:
+        log.flush()
+    else:
+        save()
     if stop["signal"]:
         _stop(stop["signal"], pos, folder)
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import sys
+import weakref
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -289,12 +290,15 @@ def build(task, cfg, num_outputs: int, strategy):
     dtype policy of `train.precision`."""
     from tfsft import backbones, precision
 
-    policy = precision.resolve(cfg.train.precision)
-    if policy != "float32":
-        log(f"precision: {policy} (train.precision={cfg.train.precision})")
+    mode = precision.resolve(cfg.train.precision)
+    if mode != "float32":
+        log(f"precision: {mode} (train.precision={cfg.train.precision})")
+    precision.use_graph_pass(mode)
+    policy = precision.keras_policy(mode)
     with strategy.scope(), precision.policy(policy):
         backbone, preprocessor = backbones.load(cfg.model.backbone, cfg.data.max_length,
-                                                dtype=policy)
+                                                dtype=policy,
+                                                dropout=cfg.model.backbone_dropout)
         check_backbone_fits(cfg, backbone)
         backbones.set_trainable(backbone, cfg.model.freeze, cfg.model.freeze_layers,
                                 cfg.model.lora_rank)
@@ -668,20 +672,32 @@ def model_targets(task, cfg, enc, targets: np.ndarray) -> np.ndarray:
     return targets
 
 
+_FORWARD: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
 def predict_logits(model, enc, batch_size: int) -> np.ndarray:
-    """The model's outputs for every row, in order. A plain `tf.function` of the model
-    outside `strategy.run`: no collective ops, so under any strategy one process can
-    predict alone (Keras' `predict` would wait for the other workers)."""
+    """The model's outputs for every row, in order. Rows are batched by length (each batch
+    padded to its own longest row) and put back in order after. A plain `tf.function` of
+    the model outside `strategy.run`: no collective ops, so under any strategy one process
+    can predict alone (Keras' `predict` would wait for the other workers)."""
     import tensorflow as tf
 
     from tfsft import pipeline
 
-    def call(x):
-        return model(x, training=False)
+    forward = _FORWARD.get(model)
+    if forward is None:  # one per model: a later call reuses its traces
+        def call(x):
+            return model(x, training=False)
 
-    forward = tf.function(call, reduce_retracing=True, autograph=False)
-    out = [np.asarray(forward(x)) for x in pipeline.eval_dataset(enc, None, batch_size)]
-    return np.concatenate(out) if out else np.zeros((0,))
+        forward = _FORWARD[model] = tf.function(call, reduce_retracing=True, autograph=False)
+    order = np.argsort(enc.lengths, kind="stable")
+    by_length = pipeline.take(enc, order)
+    out = [np.asarray(forward(x)) for x in pipeline.eval_dataset(by_length, None, batch_size)]
+    if not out:
+        return np.zeros((0,))
+    logits = np.empty_like(np.concatenate(out))
+    logits[order] = np.concatenate(out)
+    return logits
 
 
 def split_report(task, cfg, model, preprocessor, label_names, ex, targets, enc) -> dict:
@@ -735,7 +751,9 @@ def load_run(run_dir: Path, config_files=(), overrides=()):
                                  overrides)
     check_same_model(task, run_dir, cfg)
     label_names = runs.read_json(run_dir / "labels.json")
-    from tfsft import export
+    from tfsft import export, precision
+
+    precision.use_graph_pass(precision.resolve(cfg.train.precision))
 
     model, _, preprocessor = export.load_final(run_dir / "model", task, cfg.task,
                                                len(label_names), cfg.data.max_length,

@@ -1,14 +1,20 @@
-"""Throughput benchmark of a tfsft task config: training and prediction examples/s, real and
-padded tokens/s, padding share, model FLOPs utilisation against the matmul peak measured
-here (float32 and bfloat16), time to the first training step, input-pipeline rate alone,
-and peak RSS. One JSON line per measurement, then a table (median, min, max of --repeat).
+"""Throughput benchmark of a tfsft task config, optionally side by side with the peer.
 
-    python tools/bench.py tasks/sentiment --config configs/sst2.yaml data.limit=8000
-    python tools/bench.py tasks/sentiment --config configs/sst2.yaml data.limit=8000 \\
-        train.precision=mixed_bfloat16 --repeat 3
+For the config it measures, after warm-up: training and prediction examples/s, real and
+padded tokens/s, padding share, model FLOPs utilisation (MFU) against the matmul peak it
+measures on this machine (float32 and bfloat16), time to the first training step (process
+start to the end of step 1: imports, data, model build, weight load), the input pipeline
+alone, and peak RSS. With `--peer PYTHON` it also runs ../shared/bench/hf_peer.py (Hugging
+Face Transformers on PyTorch, in its own venv) on the same rows with the same batch sizes,
+in each of its configurations, alternating with tfsft's runs. One JSON line per
+measurement, then a table (median [min, max] over `--repeat`) and the ratios.
 
-Run it alone on the machine (2 cores: anything else running changes the figures). The
-peer to compare with is ../shared/bench/hf_peer.py (same data, batch size and model).
+    python tools/bench.py tasks/sentiment --config configs/sst2.yaml data.limit=20000
+    python tools/bench.py tasks/sentiment --config configs/sst2.yaml data.limit=20000 \\
+        --repeat 3 --peer ~/.venvs/hf-peer/bin/python
+
+Run it alone on the machine (2 cores: anything else running changes the figures).
+docs/performance.md explains the method and has the figures.
 """
 
 from __future__ import annotations
@@ -18,12 +24,16 @@ import json
 import os
 import resource
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+PEER = REPO.parent / "shared" / "bench" / "hf_peer.py"
+PEER_TRAIN = [(p, pad) for p in ("fp32", "bf16") for pad in ("dynamic", "bucket")]
+PEER_PREDICT = [(p, "bucket") for p in ("fp32", "bf16")]
 
 
 def process_age() -> float:
@@ -52,8 +62,8 @@ def matmul_peak(dtype: str, n: int = 2048, seconds: float = 2.0) -> float:
     return best
 
 
-def flops_per_batch(backbone, real_tokens: int, batch: int, width: int) -> float:
-    """Training FLOPs of one batch counted on real tokens: 6 x non-embedding parameters
+def model_flops(backbone):
+    """Training FLOPs of a batch, counted on its real tokens: 6 x non-embedding parameters
     per token (forward + backward) plus attention scores and values (12 x layers x width
     x hidden per token)."""
     params = sum(int(w.numpy().size) for w in backbone.weights)
@@ -61,31 +71,34 @@ def flops_per_batch(backbone, real_tokens: int, batch: int, width: int) -> float
                 if "embedding" in w.path and "layer_norm" not in w.path)
     layers = getattr(backbone, "num_layers", 0)
     hidden = getattr(backbone, "hidden_dim", 0)
-    return 6 * (params - embed) * real_tokens + 12 * layers * width * hidden * real_tokens
+
+    def flops(real_tokens: int, width: int) -> float:
+        return 6 * (params - embed) * real_tokens + 12 * layers * width * hidden * real_tokens
+
+    return flops
 
 
-def measure(args, cfg_overrides) -> list[dict]:
-    from tfsft import pipeline, precision, quiet, workflow
+def measure(args, overrides) -> list[dict]:
+    """tfsft in this process: the input pipeline, training steps, prediction."""
+    from tfsft import pipeline, quiet, training, workflow
 
     quiet.import_tensorflow_quietly()
-    task, _, cfg = workflow.load_task_and_config(args.task, args.config, cfg_overrides)
+    task, _, cfg = workflow.load_task_and_config(args.task, args.config, overrides)
     splits = workflow.read_splits(task, cfg)
     prepared = workflow.prepare(task, cfg, splits)
-    model, t = prepared.model, cfg.train
-    enc = prepared.encoded
+    model, t, enc, strategy = prepared.model, cfg.train, prepared.encoded, prepared.strategy
     targets = workflow.model_targets(task, cfg, enc["train"], splits.targets["train"])
     batch = t.global_batch_size // t.grad_accum_steps
-    workflow.compile_model(task, cfg, model, 10_000, prepared.strategy)
+    workflow.compile_model(task, cfg, model, 10_000, strategy)
     ds = pipeline.train_dataset(enc["train"], targets, None, batch, t.seed,
-                                cfg.data.bucket_by_length)
-    policy = precision.resolve(t.precision)
-    base = {"task": args.task, "config": args.config, "overrides": cfg_overrides,
-            "precision": policy, "batch": batch, "bucket": cfg.data.bucket_by_length}
+                                cfg.data.bucket_by_length, static=cfg.data.static_shapes)
+    base = {"tool": "tfsft", "task": args.task, "config": args.config, "overrides": overrides,
+            "precision": t.precision, "batch": batch, "eval_batch": t.eval_batch_size}
     out = []
 
     # the input pipeline alone
     start, n = time.perf_counter(), 0
-    for i, (x, _y) in enumerate(ds):
+    for i, (x, _y) in enumerate(ds.repeat()):
         n += int(x["padding_mask"].shape[0])
         if i + 1 >= args.steps + args.warmup:
             break
@@ -94,14 +107,11 @@ def measure(args, cfg_overrides) -> list[dict]:
     # training with tfsft's own step (training.make_train_step, what `fit` runs): first
     # step (time since process start), warm-up, then timed steps. The step pulls its
     # batches from `it`; `shadow` replays the same (deterministic) order for token counts.
-    from tfsft import training
-
-    strategy = prepared.strategy
     with strategy.scope():
         model.optimizer.build(model.trainable_variables)
         metrics = task.metrics(cfg.task)
     step = training.make_train_step(model, model.optimizer, task.loss(cfg.task, 0.0), metrics,
-                                    strategy, t.clip_norm)
+                                    strategy, t.clip_norm, t.jit_compile)
     it = iter(strategy.experimental_distribute_dataset(ds.repeat()))
     shadow = iter(ds.repeat())
     next(shadow)
@@ -110,9 +120,9 @@ def measure(args, cfg_overrides) -> list[dict]:
     for _ in range(args.warmup - 1):
         next(shadow)
         float(step(it, 1)[0])
+    flops = model_flops(prepared.backbone)
     real = padded = examples = 0
-    flops = 0.0
-    elapsed = 0.0
+    total_flops = elapsed = 0.0
     for _ in range(args.steps):
         x, _y = next(shadow)
         mask = x["padding_mask"].numpy()
@@ -122,71 +132,146 @@ def measure(args, cfg_overrides) -> list[dict]:
         real += int(mask.sum())
         padded += int(mask.size)
         examples += mask.shape[0]
-        flops += flops_per_batch(prepared.backbone, int(mask.sum()), mask.shape[0],
-                                 mask.shape[1])
+        total_flops += flops(int(mask.sum()), mask.shape[1])
     out.append({**base, "what": "train", "examples_per_s": examples / elapsed,
                 "real_tokens_per_s": real / elapsed, "padded_tokens_per_s": padded / elapsed,
-                "padding_share": 1 - real / padded, "model_flops_per_s": flops / elapsed,
+                "padding_share": 1 - real / padded, "model_flops_per_s": total_flops / elapsed,
                 "time_to_first_step_s": first_step})
 
-    # prediction on the validation split, in file order
-    eval_ds = pipeline.eval_dataset(enc["validation"], None, t.eval_batch_size)
-    batches = list(eval_ds)
-    model.predict_on_batch(batches[0])
-    t0, n, real, padded = time.perf_counter(), 0, 0, 0
-    for x in batches:
-        model.predict_on_batch(x)
-        mask = x["padding_mask"].numpy()
-        n, real, padded = n + mask.shape[0], real + int(mask.sum()), padded + int(mask.size)
+    # prediction of the validation split as `evaluate`/`predict` run it (batched by
+    # length, results in file order): one untimed pass (tracing), then a timed one
+    val = enc["validation"]
+    workflow.predict_logits(model, val, t.eval_batch_size)
+    t0 = time.perf_counter()
+    workflow.predict_logits(model, val, t.eval_batch_size)
     dt = time.perf_counter() - t0
-    out.append({**base, "what": "predict", "examples_per_s": n / dt,
-                "real_tokens_per_s": real / dt, "padding_share": 1 - real / padded})
+    real = int(val.lengths.sum())
+    out.append({**base, "what": "predict", "examples_per_s": len(val) / dt,
+                "real_tokens_per_s": real / dt})
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     for row in out:
         row["peak_rss_mb"] = rss
     return out
 
 
+# Runs the peer's commands. Started before TensorFlow is imported: a process forked from
+# this one once it holds a model would inherit its peak RSS (Linux counts the parent's
+# pages in a forked child's ru_maxrss), and the peer's own figure would be wrong.
+LAUNCHER = """
+import json, subprocess, sys
+for line in sys.stdin:
+    r = subprocess.run(json.loads(line), capture_output=True, text=True)
+    print(json.dumps([r.returncode, r.stdout, r.stderr[-3000:]]), flush=True)
+"""
+
+
+def start_launcher():
+    return subprocess.Popen([sys.executable, "-c", LAUNCHER], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True)
+
+
+def peer(args, cfg, launcher, mode: str, prec: str, padding: str) -> dict:
+    """One run of hf_peer.py (its own process and venv) on the same rows and batch size."""
+    d = cfg.data
+    cmd = [args.peer, str(PEER), mode, "--precision", prec, "--padding", padding,
+           "--max-length", str(d.max_length)]
+    if mode == "train":
+        cmd += ["--data", d.train, "--batch", str(cfg.train.global_batch_size),
+                "--warmup-steps", str(args.warmup), "--steps", str(args.steps)]
+        if d.limit:
+            cmd += ["--limit", str(d.limit)]
+    else:
+        cmd += ["--data", d.validation, "--batch", str(cfg.train.eval_batch_size)]
+    launcher.stdin.write(json.dumps(cmd) + "\n")
+    launcher.stdin.flush()
+    code, out, err = json.loads(launcher.stdout.readline())
+    lines = [ln for ln in out.splitlines() if ln.startswith("{")]
+    if code or not lines:
+        raise SystemExit(f"peer failed ({' '.join(cmd)}):\n{err}")
+    row = json.loads(lines[-1])
+    return {**row, "tool": "peer", "what": mode, "precision": f"{prec} {padding}"}
+
+
 def table(rows: list[dict], peaks: dict) -> str:
-    lines = [f"{'what':<9} {'precision':<15} {'ex/s (median [min, max])':<28} "
-             f"{'real tok/s':>10} {'padding':>8} {'MFU bf16':>9} {'MFU fp32':>9}"]
-    keys = sorted({(r["what"], r["precision"]) for r in rows})
-    for what, prec in keys:
-        group = [r for r in rows if r["what"] == what and r["precision"] == prec]
+    lines = [f"{'tool':<6} {'what':<9} {'precision':<16} {'ex/s median [min, max]':<26} "
+             f"{'real tok/s':>10} {'padding':>8} {'MFU bf16':>9} {'MFU fp32':>9} {'RSS MB':>7}"]
+    keys = []
+    for r in rows:
+        if (r["tool"], r["what"], r["precision"]) not in keys:
+            keys.append((r["tool"], r["what"], r["precision"]))
+    for tool, what, prec in keys:
+        group = [r for r in rows if (r["tool"], r["what"], r["precision"]) == (tool, what, prec)]
         eps = [r["examples_per_s"] for r in group]
         tok = statistics.median(r.get("real_tokens_per_s", 0) for r in group)
-        pad = statistics.median(r.get("padding_share", 0) for r in group)
+        pad = [r["padding_share"] for r in group if "padding_share" in r]
         mf = statistics.median(r.get("model_flops_per_s", 0) for r in group)
         mfu = (f"{100 * mf / peaks['bfloat16']:>8.1f}% {100 * mf / peaks['float32']:>8.1f}%"
                if mf else f"{'':>9} {'':>9}")
-        lines.append(f"{what:<9} {prec:<15} {statistics.median(eps):>8.1f} "
-                     f"[{min(eps):.1f}, {max(eps):.1f}]{'':<8} {tok:>10.0f} {pad:>7.1%} {mfu}")
+        rss = min(r.get("peak_rss_mb", 0) for r in group)  # tfsft: its first repeat
+        span = f"{statistics.median(eps):.1f} [{min(eps):.1f}, {max(eps):.1f}]"
+        lines.append(f"{tool:<6} {what:<9} {prec:<16} {span:<26} {tok:>10.0f} "
+                     f"{f'{statistics.median(pad):.1%}' if pad else '':>8} {mfu} {rss:>7.0f}")
+    for what in ("train", "predict"):
+        ours = [r["examples_per_s"] for r in rows if r["tool"] == "tfsft" and r["what"] == what]
+        best = {}
+        for r in rows:
+            if r["tool"] == "peer" and r["what"] == what:
+                best.setdefault(r["precision"], []).append(r["examples_per_s"])
+        if ours and best:
+            name, vals = max(best.items(), key=lambda kv: statistics.median(kv[1]))
+            lines.append(f"{what}: tfsft {statistics.median(ours):.1f} ex/s = "
+                         f"{statistics.median(ours) / statistics.median(vals):.2f}x the peer's "
+                         f"best ({name}, {statistics.median(vals):.1f} ex/s), medians")
+    first = [r["time_to_first_step_s"] for r in rows if "time_to_first_step_s" in r]
+    if first:
+        lines.append(f"time to first training step (first repeat): {first[0]:.1f} s")
     return "\n".join(lines)
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("task")
-    ap.add_argument("overrides", nargs="*")
+    ap.add_argument("overrides", nargs="*", help="config overrides, key=value")
     ap.add_argument("--config", action="append", default=[])
     ap.add_argument("--steps", type=int, default=40, help="timed training steps")
     ap.add_argument("--warmup", type=int, default=8, help="untimed steps first")
     ap.add_argument("--repeat", type=int, default=1)
+    ap.add_argument("--peer", metavar="PYTHON",
+                    help="python of hf_peer.py's venv: also run the peer, alternating")
+    ap.add_argument("--peer-configs", default=",".join(f"{p}:{pad}" for p, pad in PEER_TRAIN),
+                    help="the peer's training configurations, precision:padding, "
+                         "comma-separated (default: all four)")
     args = ap.parse_intermixed_args()
+    launcher = start_launcher() if args.peer else None
+    peer_train = [tuple(c.split(":")) for c in args.peer_configs.split(",")]
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    from tfsft import quiet
+    from tfsft import precision, quiet, workflow
 
     quiet.import_tensorflow_quietly()
+    cfg = workflow.load_task_and_config(args.task, args.config, args.overrides)[2]
+    if args.peer and not PEER.exists():
+        raise SystemExit(f"{PEER} not found: the peer needs ../shared beside the checkout")
     rows = []
-    for _ in range(args.repeat):  # first, so time-to-first-step counts only tfsft's work
-        rows.extend(measure(args, list(args.overrides)))
+
+    def emit(new):
+        for row in new:
+            print(json.dumps(row), flush=True)
+        rows.extend(new)
+
+    for _ in range(args.repeat):  # tfsft first, so time-to-first-step counts only its work
+        emit(measure(args, list(args.overrides)))
+        if args.peer:
+            emit([peer(args, cfg, launcher, "train", p, pad) for p, pad in peer_train])
+            emit([peer(args, cfg, launcher, "predict", p, pad) for p, pad in PEER_PREDICT])
+    precision.use_graph_pass("float32")  # the peaks are of plain float32/bfloat16 matmuls
     peaks = {d: matmul_peak(d) for d in ("float32", "bfloat16")}
     print(json.dumps({"what": "matmul_peak", "flops_per_s": peaks}), flush=True)
     for row in rows:
         if "model_flops_per_s" in row:
             row["mfu_bf16"] = row["model_flops_per_s"] / peaks["bfloat16"]
             row["mfu_fp32"] = row["model_flops_per_s"] / peaks["float32"]
-        print(json.dumps(row), flush=True)
+            print(json.dumps({"what": "mfu", "precision": row["precision"],
+                              "mfu_bf16": row["mfu_bf16"], "mfu_fp32": row["mfu_fp32"]}))
     print(f"matmul peak: fp32 {peaks['float32'] / 1e9:.0f} GFLOP/s, bf16 "
           f"{peaks['bfloat16'] / 1e9:.0f} GFLOP/s", file=sys.stderr)
     print(table(rows, peaks), file=sys.stderr)
