@@ -16,6 +16,7 @@ import math
 _C = 2.0 * math.sqrt(2.0 / math.pi)
 _A = 0.044715
 _gelu = None
+_LayerNorm = None
 
 
 def _make_gelu():
@@ -82,9 +83,6 @@ def layer_norm_class():
 
         _LayerNorm = LayerNormalization
     return _LayerNorm
-
-
-_LayerNorm = None
 
 
 def use_fused_layer_norm(backbone) -> int:
