@@ -1,4 +1,4 @@
-"""workflow.predict_logits batches rows by length and returns them in input order."""
+"""workflow.predict_logits: rows batched by length come back in input order, from one trace."""
 
 from __future__ import annotations
 
@@ -22,3 +22,32 @@ def test_predictions_come_back_in_input_order(tiny_bert):
         one = {k: v[i:i + 1, :n] for k, v in enc.features.items()}
         np.testing.assert_allclose(got[i], model(one, training=False).numpy()[0], atol=1e-5)
     assert len({tuple(np.round(r, 4)) for r in got}) == len(texts)  # rows differ
+
+
+def test_one_trace_serves_every_batch_shape_and_later_calls(tiny_bert):
+    import keras
+
+    backbone, pre = backbones.load(str(tiny_bert), 16)
+    enc = pipeline.encode(pre, ["good", "the film was good and nice", "bad", "a b c d e f"])
+    model = keras.Model(backbone.input, backbone.output["pooled_output"])
+    first = workflow.predict_logits(model, enc, batch_size=3)  # widths 3 and 8, 3 and 1 rows
+    again = workflow.predict_logits(model, enc, batch_size=1)  # four more shapes
+    (forward,) = workflow._FORWARD[model].values()
+    assert forward.experimental_get_tracing_count() == 1
+    np.testing.assert_allclose(again, first, atol=1e-5)
+
+
+def test_the_trace_cache_does_not_keep_a_model_alive(tiny_bert):
+    import gc
+    import weakref
+
+    import keras
+
+    backbone, pre = backbones.load(str(tiny_bert), 16)
+    enc = pipeline.encode(pre, ["good", "bad film"])
+    model = keras.Model(backbone.input, backbone.output["pooled_output"])
+    workflow.predict_logits(model, enc, batch_size=2)
+    alive = weakref.ref(model)
+    del model, backbone
+    gc.collect()
+    assert alive() is None

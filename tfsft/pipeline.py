@@ -168,7 +168,12 @@ def eval_dataset(enc: Encoded, targets: np.ndarray | None, batch_size: int):
     else:
         per_token = enc.labels is not None
         ds = ds.map(lambda x, y: _trim(x, y, token_targets=per_token))
-    return ds.prefetch(tf.data.AUTOTUNE).with_options(_shard_by_data())
+    options = _shard_by_data()
+    # tf.data's autotuning thread can hold up the deletion of a finished iterator by about
+    # a second (3 of 8 prediction passes over SST-2 validation took 2.6 s, not 1.45 s).
+    # Evaluation batches are cheap to make: a fixed prefetch buffer is as fast.
+    options.autotune.enabled = False
+    return ds.prefetch(2).with_options(options)
 
 
 def steps_per_epoch(rows: int, batch_size: int, drop_remainder: bool = False) -> int:

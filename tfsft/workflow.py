@@ -672,27 +672,33 @@ def model_targets(task, cfg, enc, targets: np.ndarray) -> np.ndarray:
     return targets
 
 
-_FORWARD: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_FORWARD: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> {spec: fn}
 
 
 def predict_logits(model, enc, batch_size: int) -> np.ndarray:
     """The model's outputs for every row, in order. Rows are batched by length (each batch
     padded to its own longest row) and put back in order after. A plain `tf.function` of
     the model outside `strategy.run`: no collective ops, so under any strategy one process
-    can predict alone (Keras' `predict` would wait for the other workers)."""
+    can predict alone (Keras' `predict` would wait for the other workers). It is traced
+    once per model and input structure, for any batch size and width."""
     import tensorflow as tf
 
     from tfsft import pipeline
 
-    forward = _FORWARD.get(model)
-    if forward is None:  # one per model: a later call reuses its traces
-        def call(x):
-            return model(x, training=False)
-
-        forward = _FORWARD[model] = tf.function(call, reduce_retracing=True, autograph=False)
     order = np.argsort(enc.lengths, kind="stable")
-    by_length = pipeline.take(enc, order)
-    out = [np.asarray(forward(x)) for x in pipeline.eval_dataset(by_length, None, batch_size)]
+    batches = pipeline.eval_dataset(pipeline.take(enc, order), None, batch_size)
+    # every dimension unknown: one trace serves every batch (a trace per new shape would
+    # re-run the graph optimisers, about a second each)
+    spec = tf.nest.map_structure(lambda s: tf.TensorSpec([None] * len(s.shape), s.dtype),
+                                 batches.element_spec)
+    traced = _FORWARD.setdefault(model, {})
+    key = repr(spec)
+    if key not in traced:  # a later call reuses the trace
+        ref = weakref.ref(model)  # the cache must not keep the model alive
+        traced[key] = tf.function(lambda x: ref()(x, training=False), input_signature=[spec],
+                                  autograph=False)
+    forward = traced[key]
+    out = [np.asarray(forward(x)) for x in batches]
     if not out:
         return np.zeros((0,))
     logits = np.empty_like(np.concatenate(out))
