@@ -701,8 +701,9 @@ def predict_logits(model, enc, batch_size: int) -> np.ndarray:
     out = [np.asarray(forward(x)) for x in batches]
     if not out:
         return np.zeros((0,))
-    logits = np.empty_like(np.concatenate(out))
-    logits[order] = np.concatenate(out)
+    by_length = np.concatenate(out)
+    logits = np.empty_like(by_length)
+    logits[order] = by_length  # back in input order
     return logits
 
 
