@@ -95,3 +95,45 @@ def test_static_shapes_give_full_batches_of_a_few_widths(bucket):
     assert len(seen) == len(set(seen)) == (n // batch) * batch
     assert pipeline.steps_per_epoch(n, batch, True) == n // batch
     assert pipeline.widths(32) == [16, 32] and pipeline.widths(128) == [16, 32, 64, 128]
+
+
+@pytest.mark.parametrize("bucket,static", [(False, False), (True, False), (True, True)])
+def test_no_pipeline_starts_tf_data_autotuning(bucket, static, monkeypatch):
+    """tf.data's autotuning thread held up the deletion of the training loop's iterator
+    (stopped at a planned step) by up to a minute: no pipeline may turn it on."""
+    import tensorflow as tf
+
+    from tfsft import seq2seq
+
+    made = []  # every dataset tokenisation iterates
+    monkeypatch.setattr(tf.data.Dataset, "__iter__",
+                        lambda self, it=tf.data.Dataset.__iter__: made.append(self) or it(self))
+    pipeline.encode(_ToyPreprocessor(), ["a b", "c"])
+    assert seq2seq.tokenize(_ToyPreprocessor().tokenizer, ["a b", "c"]) == [[b"a", b"b"], [b"c"]]
+    assert len(made) == 2 and all(ds.options().autotune.enabled is False for ds in made)
+    monkeypatch.undo()
+    enc = _toy_encoded(100)
+    targets = np.arange(100, dtype=np.int32)
+    train = pipeline.train_dataset(enc, targets, None, 10, seed=1, bucket=bucket,
+                                   static=static)
+    for ds in (train, pipeline.eval_dataset(enc, targets, 10), pipeline.eval_dataset(
+            enc, None, 10)):
+        assert ds.options().autotune.enabled is False
+    it = iter(train)
+    next(it)  # stopped early, as at the end of a planned number of steps
+    del it
+
+
+class _ToyPreprocessor:
+    """Stands in for a KerasHub preprocessor: whitespace tokens, ids = token lengths."""
+
+    def __init__(self):
+        import tensorflow as tf
+
+        self.tokenizer = lambda t: tf.strings.split(t)
+
+    def __call__(self, texts):
+        import tensorflow as tf
+
+        ids = tf.strings.length(tf.strings.split(texts)).to_tensor(shape=[None, 4])
+        return {"token_ids": ids, "padding_mask": tf.cast(ids > 0, tf.int32)}

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 CHUNK_BATCHES = 64
+PREFETCH = 2  # batches made ahead of the model (fixed: see fixed_buffers)
 TOKEN_KEYS = ("token_ids", "padding_mask", "segment_ids",
               "position_ids")  # trimmed to each batch's longest
 
@@ -51,7 +52,7 @@ def encode(preprocessor, texts: list[str], pairs: list[str] | None = None,
 
     chunks: dict[str, list] = {}
     full = []
-    for x, n in ds.map(run, num_parallel_calls=tf.data.AUTOTUNE):
+    for x, n in ds.map(run, num_parallel_calls=2).with_options(fixed_buffers()):
         for k, v in x.items():
             chunks.setdefault(k, []).append(tf.cast(v, tf.int32).numpy())
         full.append(n.numpy())
@@ -140,10 +141,8 @@ def train_dataset(enc: Encoded, targets: np.ndarray, weights: np.ndarray | None,
         ds = ds.batch(batch_size, drop_remainder=static)
     shape = _pad_to_width if static else _trim
     per_token = enc.labels is not None
-    ds = ds.map(lambda *b: shape(*b, token_targets=per_token),
-                num_parallel_calls=tf.data.AUTOTUNE)
-    ds = ds.prefetch(tf.data.AUTOTUNE)
-    return ds.with_options(_shard_by_data())
+    ds = ds.map(lambda *b: shape(*b, token_targets=per_token), num_parallel_calls=2)
+    return ds.prefetch(PREFETCH).with_options(fixed_buffers())
 
 
 def _shard_by_data():
@@ -168,12 +167,19 @@ def eval_dataset(enc: Encoded, targets: np.ndarray | None, batch_size: int):
     else:
         per_token = enc.labels is not None
         ds = ds.map(lambda x, y: _trim(x, y, token_targets=per_token))
+    return ds.prefetch(PREFETCH).with_options(fixed_buffers())
+
+
+def fixed_buffers():
+    """Options without tf.data's autotuning. Its model thread can hold up the deletion of
+    an iterator until its next wake-up, up to a minute: the training loop drops each
+    epoch's iterator at a planned step, and full SST-2 runs stalled 16-55 s there (7 of
+    23 runs, with the CPU idle; gdb showed the deletion waiting on that thread). Deleting
+    a finished evaluation iterator waited ~1 s in 3 of 8 prediction passes. Batches are
+    cheap to make here: fixed buffers are as fast (docs/performance.md)."""
     options = _shard_by_data()
-    # tf.data's autotuning thread can hold up the deletion of a finished iterator by about
-    # a second (3 of 8 prediction passes over SST-2 validation took 2.6 s, not 1.45 s).
-    # Evaluation batches are cheap to make: a fixed prefetch buffer is as fast.
     options.autotune.enabled = False
-    return ds.prefetch(2).with_options(options)
+    return options
 
 
 def steps_per_epoch(rows: int, batch_size: int, drop_remainder: bool = False) -> int:

@@ -71,11 +71,13 @@ def tokenize(tokenizer, texts: list[str], batch_size: int = 2048) -> list[list[i
     """Token ids of every text, tokenised once (in-graph BPE is slow to rerun)."""
     import tensorflow as tf
 
+    from tfsft import pipeline
+
     out: list[list[int]] = []
     if not texts:
         return out
     ds = tf.data.Dataset.from_tensor_slices(texts).batch(batch_size)
-    for ids in ds.map(tokenizer, num_parallel_calls=tf.data.AUTOTUNE):
+    for ids in ds.map(tokenizer, num_parallel_calls=2).with_options(pipeline.fixed_buffers()):
         out.extend(ids.to_list())
     return out
 
