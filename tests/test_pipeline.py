@@ -98,34 +98,34 @@ def test_static_shapes_give_full_batches_of_a_few_widths(bucket):
 
 
 @pytest.mark.parametrize("bucket,static", [(False, False), (True, False), (True, True)])
-def test_no_pipeline_starts_tf_data_autotuning(bucket, static, monkeypatch):
+def test_no_batch_pipeline_autotunes(bucket, static):
     """tf.data's autotuning thread held up the deletion of the training loop's iterator
-    (stopped at a planned step) by up to a minute: no pipeline may turn it on."""
+    (dropped at a planned step) by up to a minute: no pipeline may turn it on."""
+    enc = _toy_encoded(100)
+    targets = np.arange(100, dtype=np.int32)
+    for ds in (pipeline.train_dataset(enc, targets, None, 10, seed=1, bucket=bucket,
+                                      static=static),
+               pipeline.eval_dataset(enc, targets, 10), pipeline.eval_dataset(enc, None, 10)):
+        assert ds.options().autotune.enabled is False
+
+
+def test_tokenisation_does_not_autotune(monkeypatch):
     import tensorflow as tf
 
     from tfsft import seq2seq
 
-    made = []  # every dataset tokenisation iterates
+    made = []  # every dataset iterated
     monkeypatch.setattr(tf.data.Dataset, "__iter__",
                         lambda self, it=tf.data.Dataset.__iter__: made.append(self) or it(self))
-    pipeline.encode(_ToyPreprocessor(), ["a b", "c"])
+    enc = pipeline.encode(_ToyPreprocessor(), ["a bc", "def"])
+    assert enc.features["token_ids"].tolist() == [[1, 2, 0, 0], [3, 0, 0, 0]]
     assert seq2seq.tokenize(_ToyPreprocessor().tokenizer, ["a b", "c"]) == [[b"a", b"b"], [b"c"]]
     assert len(made) == 2 and all(ds.options().autotune.enabled is False for ds in made)
-    monkeypatch.undo()
-    enc = _toy_encoded(100)
-    targets = np.arange(100, dtype=np.int32)
-    train = pipeline.train_dataset(enc, targets, None, 10, seed=1, bucket=bucket,
-                                   static=static)
-    for ds in (train, pipeline.eval_dataset(enc, targets, 10), pipeline.eval_dataset(
-            enc, None, 10)):
-        assert ds.options().autotune.enabled is False
-    it = iter(train)
-    next(it)  # stopped early, as at the end of a planned number of steps
-    del it
 
 
 class _ToyPreprocessor:
-    """Stands in for a KerasHub preprocessor: whitespace tokens, ids = token lengths."""
+    """Stands in for a KerasHub preprocessor: whitespace tokens, each token's id its length
+    in characters, 4 positions."""
 
     def __init__(self):
         import tensorflow as tf

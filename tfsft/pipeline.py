@@ -52,7 +52,7 @@ def encode(preprocessor, texts: list[str], pairs: list[str] | None = None,
 
     chunks: dict[str, list] = {}
     full = []
-    for x, n in ds.map(run, num_parallel_calls=2).with_options(fixed_buffers()):
+    for x, n in ds.map(run, num_parallel_calls=tf.data.AUTOTUNE).with_options(fixed_buffers()):
         for k, v in x.items():
             chunks.setdefault(k, []).append(tf.cast(v, tf.int32).numpy())
         full.append(n.numpy())
@@ -141,7 +141,8 @@ def train_dataset(enc: Encoded, targets: np.ndarray, weights: np.ndarray | None,
         ds = ds.batch(batch_size, drop_remainder=static)
     shape = _pad_to_width if static else _trim
     per_token = enc.labels is not None
-    ds = ds.map(lambda *b: shape(*b, token_targets=per_token), num_parallel_calls=2)
+    ds = ds.map(lambda *b: shape(*b, token_targets=per_token),
+                num_parallel_calls=tf.data.AUTOTUNE)
     return ds.prefetch(PREFETCH).with_options(fixed_buffers())
 
 
@@ -176,7 +177,9 @@ def fixed_buffers():
     epoch's iterator at a planned step, and full SST-2 runs stalled 16-55 s there (7 of
     23 runs, with the CPU idle; gdb showed the deletion waiting on that thread). Deleting
     a finished evaluation iterator waited ~1 s in 3 of 8 prediction passes. Batches are
-    cheap to make here: fixed buffers are as fast (docs/performance.md)."""
+    cheap to make here: fixed buffers are as fast (docs/performance.md). Maps keep
+    `num_parallel_calls=AUTOTUNE`: without autotuning, that is a fixed count from the
+    machine's cores."""
     options = _shard_by_data()
     options.autotune.enabled = False
     return options

@@ -77,7 +77,8 @@ def tokenize(tokenizer, texts: list[str], batch_size: int = 2048) -> list[list[i
     if not texts:
         return out
     ds = tf.data.Dataset.from_tensor_slices(texts).batch(batch_size)
-    for ids in ds.map(tokenizer, num_parallel_calls=2).with_options(pipeline.fixed_buffers()):
+    ds = ds.map(tokenizer, num_parallel_calls=tf.data.AUTOTUNE)
+    for ids in ds.with_options(pipeline.fixed_buffers()):
         out.extend(ids.to_list())
     return out
 
