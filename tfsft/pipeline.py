@@ -172,14 +172,14 @@ def eval_dataset(enc: Encoded, targets: np.ndarray | None, batch_size: int):
 
 
 def fixed_buffers():
-    """Options without tf.data's autotuning. Its model thread can hold up the deletion of
-    an iterator until its next wake-up, up to a minute: the training loop drops each
-    epoch's iterator at a planned step, and full SST-2 runs stalled 16-55 s there (7 of
-    23 runs, with the CPU idle; gdb showed the deletion waiting on that thread). Deleting
-    a finished evaluation iterator waited ~1 s in 3 of 8 prediction passes. Batches are
-    cheap to make here: fixed buffers are as fast (docs/performance.md). Maps keep
-    `num_parallel_calls=AUTOTUNE`: without autotuning, that is a fixed count from the
-    machine's cores."""
+    """The pipelines' options: DATA sharding (_shard_by_data), tf.data's autotuning off.
+    The autotuning's model thread can hold up the deletion of an iterator until its next
+    wake-up, up to a minute: the training loop drops each epoch's iterator at a planned
+    step, and full SST-2 runs stalled 16-55 s there (7 of 23 runs, with the CPU idle; gdb
+    showed the deletion waiting on that thread). Deleting a finished evaluation iterator
+    waited ~1 s in 3 of 8 prediction passes. Batches are cheap to make here: fixed
+    buffers are as fast (docs/performance.md). Maps keep `num_parallel_calls=AUTOTUNE`:
+    without autotuning, that is a fixed count from the machine's cores."""
     options = _shard_by_data()
     options.autotune.enabled = False
     return options
