@@ -22,15 +22,17 @@ _LayerNorm = None
 def _make_gelu():
     import tensorflow as tf
 
+    def sig(x):
+        # 0.5 x (1 + tanh(c (x + a x^3))) == x sigmoid(2c (x + a x^3))
+        return tf.sigmoid(_C * x * (1.0 + _A * x * x))
+
     @tf.custom_gradient
     def gelu(x):
-        # 0.5 x (1 + tanh(c (x + a x^3))) == x sigmoid(2c (x + a x^3))
-        s = tf.sigmoid(_C * x * (1.0 + _A * x * x))
-
         def grad(dy):
+            s = sig(x)  # recomputed: the backward pass keeps x only (docs/performance.md)
             return dy * (s + x * s * (1.0 - s) * (_C * (1.0 + 3.0 * _A * x * x)))
 
-        return x * s, grad
+        return x * sig(x), grad
 
     return tf.function(gelu, jit_compile=True, autograph=False)
 
