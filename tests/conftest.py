@@ -21,6 +21,20 @@ NEGATIVE = ["bad", "awful", "poor", "dull", "nasty", "weak"]
 FILLER = ["the", "film", "was", "very", "food", "and", "really", "a", "show", "it"]
 
 
+MAX_WORKERS = 4  # each worker holds TensorFlow (~1 GB) and starts CLI subprocesses
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_auto_num_workers(config) -> int:
+    """`-n auto` (pyproject.toml): one worker per core, at most MAX_WORKERS, or
+    PYTEST_XDIST_AUTO_NUM_WORKERS. Most of the suite's time is single-threaded Python
+    (imports, tracing, subprocess start-up), so 2 workers on 2 cores take ~0.6x the time."""
+    env = os.environ.get("PYTEST_XDIST_AUTO_NUM_WORKERS")
+    if env:
+        return int(env)
+    return max(1, min(len(os.sched_getaffinity(0)), MAX_WORKERS))
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     random.seed(0)
