@@ -25,13 +25,13 @@ MAX_WORKERS = 4  # each worker holds TensorFlow (~1 GB) and starts CLI subproces
 
 
 @pytest.hookimpl(optionalhook=True)
-def pytest_xdist_auto_num_workers(config) -> int:
-    """`-n auto` (pyproject.toml): one worker per core, at most MAX_WORKERS, or
-    PYTEST_XDIST_AUTO_NUM_WORKERS. Most of the suite's time is single-threaded Python
-    (imports, tracing, subprocess start-up), so 2 workers on 2 cores take ~0.6x the time."""
-    env = os.environ.get("PYTEST_XDIST_AUTO_NUM_WORKERS")
-    if env:
-        return int(env)
+def pytest_xdist_auto_num_workers(config) -> int | None:
+    """`-n auto` (pyproject.toml): one worker per core, at most MAX_WORKERS. Most of the
+    suite's time is single-threaded Python (imports, tracing, subprocess start-up), so 2
+    workers on 2 cores take ~0.6x the time. None hands PYTEST_XDIST_AUTO_NUM_WORKERS to
+    xdist's own hook, which reads and checks it."""
+    if os.environ.get("PYTEST_XDIST_AUTO_NUM_WORKERS"):
+        return None
     return max(1, min(len(os.sched_getaffinity(0)), MAX_WORKERS))
 
 
