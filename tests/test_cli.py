@@ -337,4 +337,6 @@ def test_out_of_memory_is_reported_with_a_smaller_batch_suggestion(tiny_bert, tm
                       "train.global_batch_size=8"], output=str(tmp_path / "run"), verbose=0)
     assert e.value.exit_code == 3
     assert "out of memory after 0 optimizer steps, with batches of 8" in str(e.value)
-    assert "train.global_batch_size=4 train.grad_accum_steps=2" in str(e.value)
+    # the same effective batch of 8 rows, in batches of 4
+    assert "train.global_batch_size=8 train.grad_accum_steps=2" in str(e.value)
+    assert "data.max_batch_tokens" in str(e.value)

@@ -52,10 +52,12 @@ def test_cross_field_errors_quote_keys_and_values(cls_task):
     with pytest.raises(ConfigError) as e:
         c.load_config(cls_task.config_class, None, [],
                       ["data.train=x.tsv", "train.warmup_ratio=1.5", "model.lora_rank=4",
-                       "model.freeze=backbone"])
+                       "model.freeze=backbone", "data.max_length=64",
+                       "data.max_batch_tokens=32"])
     text = str(e.value)
     assert "`train.warmup_ratio` (1.5)" in text
     assert "`model.lora_rank` (4)" in text and "'backbone'" in text
+    assert "`data.max_batch_tokens` (32) must be 0 (no cap) or >= `data.max_length` (64)" in text
 
 
 def test_override_syntax_errors():

@@ -97,6 +97,47 @@ def test_static_shapes_give_full_batches_of_a_few_widths(bucket):
     assert pipeline.widths(32) == [16, 32] and pipeline.widths(128) == [16, 32, 64, 128]
 
 
+def test_batch_groups_halve_the_rows_of_long_ones():
+    groups = pipeline.batch_groups(np.array([5, 30, 9, 17, 40]), 4, 40)
+    assert [(rows.tolist(), n) for rows, n in groups] == [([0, 2], 4), ([3], 2), ([1, 4], 1)]
+    assert [(r.tolist(), n) for r, n in pipeline.batch_groups(np.array([5, 9]), 4)] == [
+        ([0, 1], 4)]  # no cap: one group of every row
+
+
+@pytest.mark.parametrize("bucket,static", [(False, False), (True, False), (True, True)])
+def test_token_cap_bounds_every_batch_and_keeps_every_row(bucket, static):
+    """data.max_batch_tokens: no batch has more than the cap's rows x width; every row is
+    seen once per epoch (static: but for each group's partial batch); the batch count is
+    what the training plan uses; the order is a function of seed and epoch."""
+    n, batch, cap = 1000, 16, 16 * 12
+    enc = _toy_encoded(n)  # rows of 2..29 tokens
+    targets = np.arange(n, dtype=np.int32)
+
+    def epoch(e=0):
+        ds = pipeline.train_dataset(enc, targets, None, batch, seed=3, bucket=bucket, epoch=e,
+                                    static=static, max_tokens=cap)
+        out = []
+        for x, y in ds:
+            rows, width = x["token_ids"].shape
+            assert rows * width <= cap and rows <= batch
+            assert width >= int(x["padding_mask"].numpy().sum(axis=1).max())
+            out.append(y.numpy().tolist())
+        assert ds.cardinality() == len(out)
+        return out
+
+    batches = epoch()
+    seen = sum(batches, [])
+    assert len(seen) == len(set(seen))
+    assert len(batches) == pipeline.batches_per_epoch(enc, batch, cap, static)
+    if static:  # each group drops its partial batch
+        assert len(seen) == sum(len(rows) // size * size
+                                for rows, size in pipeline._capped_groups(enc, batch, cap, True))
+    else:
+        assert sorted(seen) == list(range(n))
+    assert len(batches) > pipeline.steps_per_epoch(n, batch)  # long rows: smaller batches
+    assert epoch() == batches and epoch(1) != batches
+
+
 @pytest.mark.parametrize("bucket,static", [(False, False), (True, False), (True, True)])
 def test_no_batch_pipeline_autotunes(bucket, static):
     """tf.data's autotuning thread held up the deletion of the training loop's iterator

@@ -51,3 +51,36 @@ def test_the_trace_cache_does_not_keep_a_model_alive(tiny_bert):
     del model, backbone
     gc.collect()
     assert alive() is None
+
+
+
+
+def test_fit_with_a_token_cap_trains_every_row_in_the_planned_steps(tiny_bert, tmp_path,
+                                                                    capsys):
+    """data.max_batch_tokens: long rows get smaller batches, the plan counts them, and one
+    epoch trains on every row once (the loop would stop short, or fail on an exhausted
+    iterator, if the plan and the pipeline disagreed)."""
+    import json
+    import random
+    import re
+
+    from conftest import FILLER, NEGATIVE, POSITIVE
+
+    rng = random.Random(0)
+    lines = ["text\tlabel"]
+    for i in range(48):  # 2 to 9 words: rows of ~4 to ~11 tokens
+        label, words = ("positive", POSITIVE) if i % 2 else ("negative", NEGATIVE)
+        lines.append(" ".join(rng.sample(FILLER, 1 + i % 8) + [rng.choice(words)]) + f"\t{label}")
+    data = tmp_path / "train.tsv"
+    data.write_text("\n".join(lines) + "\n")
+    out = tmp_path / "run"
+    workflow.fit("tasks/sentiment", [],
+                 [f"model.backbone={tiny_bert}", f"data.train={data}",
+                  f"data.validation={data}", "data.max_length=16", "data.max_batch_tokens=48",
+                  "train.global_batch_size=8", "train.epochs=1"], output=str(out), verbose=0)
+    said = re.search(r"(\d+) optimizer steps of 8 rows \((\d+) batches of 8 rows or 48 tokens",
+                     capsys.readouterr().err)
+    assert said and int(said[1]) == int(said[2]) > 48 // 8  # long rows: smaller batches
+    history = [json.loads(x) for x in (out / "history.jsonl").read_text().splitlines()]
+    rows = history[-1]["examples_per_second"] * history[-1]["train_seconds"]
+    assert round(rows) == 48

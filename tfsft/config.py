@@ -48,6 +48,7 @@ class DataConfig:
     limit: int = 0  # use only the first N training rows (0: all)
     bucket_by_length: bool = True  # group similar lengths into batches (less padding)
     static_shapes: bool = False  # TPU/XLA: widths 16, 32, 64.. max_length; no partial last batch
+    max_batch_tokens: int = 0  # 0: off; else rows x width cap of a train batch (long rows: fewer)
     tfds_dir: str = field(default="", metadata=PATH)  # TFDS data_dir (empty: TFDS default)
     tfds_download: bool = False  # allow TFDS to download (needs network)
     on_error: Literal["raise", "skip"] = "raise"  # bad rows: stop with all errors, or skip them
@@ -290,6 +291,7 @@ def cross_check(data: DataConfig, train: TrainConfig, model: ModelConfig) -> lis
             errors.append(f"`{name}` ({value}) must be >= {low}")
     for name, value in [("train.max_steps", train.max_steps), ("data.limit", data.limit),
                         ("model.freeze_layers", model.freeze_layers),
+                        ("data.max_batch_tokens", data.max_batch_tokens),
                         ("model.lora_rank", model.lora_rank), ("train.clip_norm", train.clip_norm),
                         ("train.weight_decay", train.weight_decay),
                         ("train.early_stopping_patience", train.early_stopping_patience),
@@ -300,6 +302,9 @@ def cross_check(data: DataConfig, train: TrainConfig, model: ModelConfig) -> lis
         errors.append(f"`model.lora_rank` ({model.lora_rank}) already freezes the backbone; "
                       f"`model.freeze` ({model.freeze!r}) must then be 'none' and "
                       f"`model.freeze_layers` ({model.freeze_layers}) 0")
+    if 0 < data.max_batch_tokens < data.max_length:
+        errors.append(f"`data.max_batch_tokens` ({data.max_batch_tokens}) must be 0 (no cap) or "
+                      f">= `data.max_length` ({data.max_length}), so that a batch holds a row")
     if train.global_batch_size % max(train.grad_accum_steps, 1):
         errors.append(f"`train.global_batch_size` ({train.global_batch_size}) must be divisible "
                       f"by `train.grad_accum_steps` ({train.grad_accum_steps})")

@@ -112,33 +112,85 @@ def _pad_to_width(x, *rest, token_targets: bool = False):
     return _cut(x, rest, width, token_targets)
 
 
+def _batches(parts, rows: int, batch_size: int, seed: int, bucket: bool, static: bool):
+    """Shuffled (optionally length-grouped) batches of `parts`, features untrimmed."""
+    import tensorflow as tf
+
+    ds = tf.data.Dataset.from_tensor_slices(parts)
+    ds = ds.shuffle(rows, seed=seed, reshuffle_each_iteration=False)
+    if not bucket:
+        return ds.batch(batch_size, drop_remainder=static)
+
+    def sort_chunk(*chunk):
+        order = tf.argsort(tf.reduce_sum(chunk[0]["padding_mask"], axis=1), stable=True)
+        chunk = tf.nest.map_structure(lambda t: tf.gather(t, order), chunk)
+        return tf.data.Dataset.from_tensor_slices(chunk).batch(batch_size, drop_remainder=static)
+
+    ds = ds.batch(batch_size * CHUNK_BATCHES).flat_map(sort_chunk)
+    ds = ds.shuffle(CHUNK_BATCHES, seed=seed + 1, reshuffle_each_iteration=False)
+    # chunks are whole multiples of the batch size, so the batch count is exact
+    return ds.apply(tf.data.experimental.assert_cardinality(
+        steps_per_epoch(rows, batch_size, static)))
+
+
+def batch_groups(lengths: np.ndarray, batch_size: int,
+                 max_tokens: int = 0) -> list[tuple[np.ndarray, int]]:
+    """Training rows grouped by the rows per batch their length allows: (rows, size) pairs.
+    `max_tokens` (0: no cap) caps a batch's rows x width, the memory of a step at the
+    widest batches: rows too long for `batch_size` of them go in batches of half as many,
+    or a quarter, ... (a few groups, so a few partial batches). The grouping depends on
+    the lengths only, so every epoch has the same number of batches."""
+    if not max_tokens:
+        return [(np.arange(len(lengths)), batch_size)]
+    sizes = [batch_size]
+    while sizes[-1] > 1:
+        sizes.append(sizes[-1] // 2)
+    widest = np.array([max_tokens // n for n in sizes])  # rising as the size falls
+    group = np.minimum(np.searchsorted(widest, lengths), len(sizes) - 1)
+    return [(np.flatnonzero(group == g), n) for g, n in enumerate(sizes) if np.any(group == g)]
+
+
+def _capped_groups(enc: Encoded, batch_size: int, max_tokens: int, static: bool):
+    """batch_groups by the widths batches will have: with `static`, those of widths()."""
+    lengths = enc.lengths
+    if static and max_tokens and len(enc):
+        choices = np.array(widths(enc.features["padding_mask"].shape[1]))
+        lengths = choices[np.minimum(np.searchsorted(choices, lengths), len(choices) - 1)]
+    return batch_groups(lengths, batch_size, max_tokens)
+
+
+def batches_per_epoch(enc: Encoded, batch_size: int, max_tokens: int = 0,
+                      static: bool = False) -> int:
+    """The training batches of one epoch of train_dataset(...)."""
+    return sum(steps_per_epoch(len(rows), n, static)
+               for rows, n in _capped_groups(enc, batch_size, max_tokens, static))
+
+
 def train_dataset(enc: Encoded, targets: np.ndarray, weights: np.ndarray | None,
                   batch_size: int, seed: int, bucket: bool, epoch: int = 0,
-                  static: bool = False):
+                  static: bool = False, max_tokens: int = 0):
     """Shuffled, optionally length-grouped training batches of one epoch. The order is a
     pure function of (seed, epoch): a resumed run skips the batches it has done and sees
-    the rest in the same order as an uninterrupted run. `static`: every batch has
-    `batch_size` rows (the last partial batch is dropped) and one of widths()."""
+    the rest in the same order as an uninterrupted run. `static`: every batch has its
+    group's full rows (partial batches are dropped) and one of widths(). `max_tokens`:
+    see batch_groups; the groups' batches are interleaved in a seeded random order."""
     import tensorflow as tf
 
     parts = (enc.features, targets) if weights is None else (enc.features, targets, weights)
     seed = seed + 7919 * epoch
-    ds = tf.data.Dataset.from_tensor_slices(parts)
-    ds = ds.shuffle(len(enc), seed=seed, reshuffle_each_iteration=False)
-    if bucket:
-        def sort_chunk(*chunk):
-            order = tf.argsort(tf.reduce_sum(chunk[0]["padding_mask"], axis=1), stable=True)
-            chunk = tf.nest.map_structure(lambda t: tf.gather(t, order), chunk)
-            return tf.data.Dataset.from_tensor_slices(chunk).batch(batch_size,
-                                                                   drop_remainder=static)
-
-        ds = ds.batch(batch_size * CHUNK_BATCHES).flat_map(sort_chunk)
-        ds = ds.shuffle(CHUNK_BATCHES, seed=seed + 1, reshuffle_each_iteration=False)
-        # chunks are whole multiples of the batch size, so the batch count is exact
-        ds = ds.apply(tf.data.experimental.assert_cardinality(
-            steps_per_epoch(len(enc), batch_size, static)))
+    groups = _capped_groups(enc, batch_size, max_tokens, static)
+    if len(groups) == 1 and len(groups[0][0]) == len(enc):  # every row: no cap, or none hit
+        ds = _batches(parts, len(enc), groups[0][1], seed, bucket, static)
     else:
-        ds = ds.batch(batch_size, drop_remainder=static)
+        sets, counts = [], []
+        for g, (rows, n) in enumerate(groups):
+            group = tf.nest.map_structure(lambda a, rows=rows: a[rows], parts)
+            sets.append(_batches(group, len(rows), n, seed + 104729 * g, bucket, static))
+            counts.append(steps_per_epoch(len(rows), n, static))
+        order = np.repeat(np.arange(len(groups), dtype=np.int64), counts)
+        order = np.random.default_rng(seed).permutation(order)
+        ds = tf.data.Dataset.choose_from_datasets(sets, tf.data.Dataset.from_tensor_slices(order))
+        ds = ds.apply(tf.data.experimental.assert_cardinality(len(order)))
     shape = _pad_to_width if static else _trim
     per_token = enc.labels is not None
     ds = ds.map(lambda *b: shape(*b, token_targets=per_token),

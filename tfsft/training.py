@@ -95,12 +95,13 @@ class Plan:
 
 
 def plan(rows: int, batch_size: int, epochs: int, max_steps: int, grad_accum_steps: int,
-         drop_remainder: bool = False) -> Plan:
+         drop_remainder: bool = False, batches: int | None = None) -> Plan:
     """`max_steps` counts optimizer updates; `drop_remainder`: a partial last batch is
-    not trained on (static shapes)."""
+    not trained on (static shapes); `batches`: the pipeline's batches per epoch where they
+    are not `rows / batch_size` (pipeline.batches_per_epoch, `data.max_batch_tokens`)."""
     from tfsft.pipeline import steps_per_epoch
 
-    per_epoch = steps_per_epoch(rows, batch_size, drop_remainder)
+    per_epoch = steps_per_epoch(rows, batch_size, drop_remainder) if batches is None else batches
     if per_epoch < 1:
         raise TrainingError(f"{rows} training rows do not fill one batch of {batch_size}, and "
                             "data.static_shapes drops partial batches: lower "
@@ -434,10 +435,11 @@ def train(model, epoch_data, val_data, *, loss, metrics, strategy, plan: Plan,
     except (tf.errors.ResourceExhaustedError, MemoryError) as e:
         raise TrainingError(
             f"out of memory after {pos.updates} optimizer steps, with batches of "
-            f"{settings.batch_size} ({type(e).__name__}). Lower `train.global_batch_size` "
-            "and raise `train.grad_accum_steps` to keep the same effective batch (for example "
-            f"train.global_batch_size={max(settings.batch_size // 2, 1)} "
-            "train.grad_accum_steps=2), or lower `data.max_length`."
+            f"{settings.batch_size} ({type(e).__name__}). Raise `train.grad_accum_steps` to "
+            "split each update into smaller batches with the same effective batch (for "
+            f"example train.global_batch_size={settings.batch_size * settings.grad_accum_steps}"
+            f" train.grad_accum_steps={2 * settings.grad_accum_steps}), cap the widest "
+            "batches' rows x tokens with `data.max_batch_tokens`, or lower `data.max_length`."
             + _last_good(folder, pos.epoch)) from None
     seconds = time.perf_counter() - start
     if pos.best_epoch is not None and not pos.best_is_current:

@@ -563,19 +563,21 @@ def _train_and_evaluate(task, cfg, splits: Splits, prepared: Prepared, run_dir: 
                                    model_targets(task, cfg, encoded["validation"],
                                                  splits.targets["validation"]),
                                    t.eval_batch_size)
+    cap = cfg.data.max_batch_tokens
     plan = training.plan(len(train_enc), batch, t.epochs, t.max_steps, t.grad_accum_steps,
-                         cfg.data.static_shapes)
+                         cfg.data.static_shapes,
+                         pipeline.batches_per_epoch(train_enc, batch, cap, cfg.data.static_shapes))
     compile_model(task, cfg, model, plan.total_updates, prepared.strategy)
     trainable = sum(int(np.prod(w.shape)) for w in model.trainable_weights)
     log(f"training {model.count_params():,} parameters ({trainable:,} trainable) on "
         f"{len(train_enc)} rows: {plan.total_updates} optimizer steps of "
-        f"{t.global_batch_size} rows ({plan.batches_per_epoch} batches of {batch}/epoch, "
-        f"{plan.epochs} epoch(s))")
+        f"{t.global_batch_size} rows ({plan.batches_per_epoch} batches of {batch}"
+        f"{f' rows or {cap} tokens' if cap else ''}/epoch, {plan.epochs} epoch(s))")
 
     def epoch_data(epoch: int):
         return pipeline.train_dataset(train_enc, targets, weights, batch, t.seed,
                                       cfg.data.bucket_by_length, epoch=epoch,
-                                      static=cfg.data.static_shapes)
+                                      static=cfg.data.static_shapes, max_tokens=cap)
 
     result = training.train(
         model, epoch_data, val_ds, loss=task.loss(cfg.task, t.label_smoothing),

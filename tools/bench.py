@@ -91,9 +91,11 @@ def measure(args, overrides) -> list[dict]:
     batch = t.global_batch_size // t.grad_accum_steps
     workflow.compile_model(task, cfg, model, 10_000, strategy)
     ds = pipeline.train_dataset(enc["train"], targets, None, batch, t.seed,
-                                cfg.data.bucket_by_length, static=cfg.data.static_shapes)
+                                cfg.data.bucket_by_length, static=cfg.data.static_shapes,
+                                max_tokens=cfg.data.max_batch_tokens)
     base = {"tool": "tfsft", "task": args.task, "config": args.config, "overrides": overrides,
-            "precision": t.precision, "batch": batch, "eval_batch": t.eval_batch_size}
+            "precision": t.precision, "batch": batch, "eval_batch": t.eval_batch_size,
+            "pid": os.getpid()}
     out = []
 
     # the input pipeline alone
@@ -154,9 +156,9 @@ def measure(args, overrides) -> list[dict]:
     return out
 
 
-# Runs the peer's commands. Started before TensorFlow is imported: a process forked from
-# this one once it holds a model would inherit its peak RSS (Linux counts the parent's
-# pages in a forked child's ru_maxrss), and the peer's own figure would be wrong.
+# Runs every repeat's processes, tfsft's and the peer's. Started before TensorFlow is
+# imported: a process forked from this one once it holds TensorFlow would inherit its peak
+# RSS (Linux counts the parent's pages in a forked child's ru_maxrss).
 LAUNCHER = """
 import json, subprocess, sys
 for line in sys.stdin:
@@ -182,14 +184,30 @@ def peer(args, cfg, launcher, mode: str, prec: str, padding: str) -> dict:
             cmd += ["--limit", str(d.limit)]
     else:
         cmd += ["--data", d.validation, "--batch", str(cfg.train.eval_batch_size)]
+    row = launch(launcher, cmd, "peer")[-1]
+    return {**row, "tool": "peer", "what": mode, "precision": f"{prec} {padding}"}
+
+
+def ours(args, launcher) -> list[dict]:
+    """One repeat of measure() in a process of its own, like the peer's: every repeat
+    counts its own imports in the time to first step, and its own peak RSS (in one process,
+    repeats grew it: 2,576, 2,986, 3,258 MB)."""
+    cmd = [sys.executable, str(Path(__file__).resolve()), args.task, *args.overrides,
+           "--steps", str(args.steps), "--warmup", str(args.warmup), "--one-repeat"]
+    for path in args.config:
+        cmd += ["--config", path]
+    return launch(launcher, cmd, "tfsft")
+
+
+def launch(launcher, cmd: list[str], name: str) -> list[dict]:
+    """Run `cmd` from the launcher; its JSON lines on stdout."""
     launcher.stdin.write(json.dumps(cmd) + "\n")
     launcher.stdin.flush()
     code, out, err = json.loads(launcher.stdout.readline())
-    lines = [ln for ln in out.splitlines() if ln.startswith("{")]
-    if code or not lines:
-        raise SystemExit(f"peer failed ({' '.join(cmd)}):\n{err}")
-    row = json.loads(lines[-1])
-    return {**row, "tool": "peer", "what": mode, "precision": f"{prec} {padding}"}
+    rows = [json.loads(ln) for ln in out.splitlines() if ln.startswith("{")]
+    if code or not rows:
+        raise SystemExit(f"{name} failed ({' '.join(cmd)}):\n{err}")
+    return rows
 
 
 def table(rows: list[dict], peaks: dict) -> str:
@@ -207,7 +225,7 @@ def table(rows: list[dict], peaks: dict) -> str:
         mf = statistics.median(r.get("model_flops_per_s", 0) for r in group)
         mfu = (f"{100 * mf / peaks['bfloat16']:>8.1f}% {100 * mf / peaks['float32']:>8.1f}%"
                if mf else f"{'':>9} {'':>9}")
-        rss = min(r.get("peak_rss_mb", 0) for r in group)  # tfsft: its first repeat
+        rss = max(r.get("peak_rss_mb", 0) for r in group)  # the highest repeat's
         span = f"{statistics.median(eps):.1f} [{min(eps):.1f}, {max(eps):.1f}]"
         lines.append(f"{tool:<6} {what:<9} {prec:<16} {span:<26} {tok:>10.0f} "
                      f"{f'{statistics.median(pad):.1%}' if pad else '':>8} {mfu} {rss:>7.0f}")
@@ -224,7 +242,8 @@ def table(rows: list[dict], peaks: dict) -> str:
                          f"best ({name}, {statistics.median(vals):.1f} ex/s), medians")
     first = [r["time_to_first_step_s"] for r in rows if "time_to_first_step_s" in r]
     if first:
-        lines.append(f"time to first training step (first repeat): {first[0]:.1f} s")
+        lines.append(f"time to first training step: {statistics.median(first):.1f} s "
+                     f"[{min(first):.1f}, {max(first):.1f}]")
     return "\n".join(lines)
 
 
@@ -241,10 +260,16 @@ def main() -> int:
     ap.add_argument("--peer-configs", default=",".join(f"{p}:{pad}" for p, pad in PEER_TRAIN),
                     help="the peer's training configurations, precision:padding, "
                          "comma-separated (default: all four)")
+    ap.add_argument("--one-repeat", action="store_true",
+                    help=argparse.SUPPRESS)  # internal: one repeat of tfsft, JSON lines
     args = ap.parse_intermixed_args()
-    launcher = start_launcher() if args.peer else None
-    peer_train = [tuple(c.split(":")) for c in args.peer_configs.split(",")]
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    if args.one_repeat:
+        for row in measure(args, list(args.overrides)):
+            print(json.dumps(row), flush=True)
+        return 0
+    launcher = start_launcher()
+    peer_train = [tuple(c.split(":")) for c in args.peer_configs.split(",")]
     from tfsft import precision, quiet, workflow
 
     quiet.import_tensorflow_quietly()
@@ -258,8 +283,8 @@ def main() -> int:
             print(json.dumps(row), flush=True)
         rows.extend(new)
 
-    for _ in range(args.repeat):  # tfsft first, so time-to-first-step counts only its work
-        emit(measure(args, list(args.overrides)))
+    for _ in range(args.repeat):
+        emit(ours(args, launcher))
         if args.peer:
             emit([peer(args, cfg, launcher, "train", p, pad) for p, pad in peer_train])
             emit([peer(args, cfg, launcher, "predict", p, pad) for p, pad in PEER_PREDICT])
