@@ -22,18 +22,24 @@ CPU_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 ONEDNN_PASS = "auto_mixed_precision_onednn_bfloat16"
 
 
-def cpu_has_bf16(cpuinfo: str | None = None) -> bool:
-    """True when the CPU flags list AVX512_BF16 or AMX-BF16 (Linux /proc/cpuinfo)."""
+def cpu_flags(cpuinfo: str | None = None) -> set[str]:
+    """The CPU's instruction-set flags as Linux lists them in /proc/cpuinfo (`flags` on x86,
+    `Features` on ARM); empty where there is no such file."""
     if cpuinfo is None:
         try:
             cpuinfo = Path("/proc/cpuinfo").read_text(errors="replace")
         except OSError:
-            return False
+            return set()
     flags = set()
     for line in cpuinfo.splitlines():
-        if line.startswith("flags"):
+        if line.startswith(("flags", "Features")):
             flags.update(line.split(":", 1)[-1].split())
-    return any(f in flags for f in CPU_BF16_FLAGS)
+    return flags
+
+
+def cpu_has_bf16(cpuinfo: str | None = None) -> bool:
+    """True when the CPU flags list AVX512_BF16 or AMX-BF16 (Linux /proc/cpuinfo)."""
+    return any(f in cpu_flags(cpuinfo) for f in CPU_BF16_FLAGS)
 
 
 def resolve(choice: str) -> str:

@@ -8,7 +8,12 @@ import sys
 
 def import_tensorflow_quietly() -> None:
     """Import TensorFlow with its start-up chatter (absl logs written before logging is
-    initialised ignore TF_CPP_MIN_LOG_LEVEL) kept off the terminal; shown if import fails."""
+    initialised ignore TF_CPP_MIN_LOG_LEVEL) kept off the terminal; shown if import fails.
+    Every tfsft path into TensorFlow comes here, so it also sets up the cache of compiled
+    kernels (`xla_cache`: read at the first XLA compile, after the import)."""
+    from tfsft import xla_cache
+
+    xla_cache.configure()
     if "tensorflow" in sys.modules or os.environ.get("TFSFT_VERBOSE_TF"):
         return
     import tempfile
