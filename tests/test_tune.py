@@ -166,6 +166,25 @@ def test_a_trial_with_an_invalid_config_stops_the_search(tiny_bert, toy_data, tm
 
 
 @pytest.mark.parametrize("algorithm", ["random", "bayesian", "hyperband"])
+@pytest.mark.parametrize("seed", [None, 7])
+def test_the_same_seed_repeats_the_search(algorithm, seed, tmp_path):
+    """Also the default `tune.seed` of 0, which Keras Tuner would read as 'random'."""
+    task = load_task(REPO / "tasks" / "classification")
+    raw = {"algorithm": algorithm, "max_trials": 4, "space": {
+        "train.learning_rate": {"log_uniform": [1e-5, 1e-3]},
+        "model.dropout": {"uniform": [0.0, 0.3]}}}
+    if seed is not None:
+        raw["seed"] = seed
+    tc = tune.load_tune_config(raw, _checker(task))
+
+    def first_trials(folder):
+        oracle = tune.make_search("tasks/classification", [], [], tc, folder, 3).oracle
+        return [oracle.create_trial(f"tuner{i}").hyperparameters.values for i in range(2)]
+
+    assert first_trials(tmp_path / "a") == first_trials(tmp_path / "b")
+
+
+@pytest.mark.parametrize("algorithm", ["random", "bayesian", "hyperband"])
 def test_every_algorithm_builds_a_search_over_the_declared_space(algorithm, tmp_path):
     task = load_task(REPO / "tasks" / "classification")
     tc = tune.load_tune_config({"algorithm": algorithm, "max_trials": 4, "space": {

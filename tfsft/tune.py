@@ -39,6 +39,7 @@ from tfsft import runs
 from tfsft.errors import ConfigError, RunDirError, TrainingError, UserError
 
 KINDS = {"log_uniform": 2, "uniform": 2, "int": 2, "choice": None}
+ZERO_SEED = 2**31 - 1  # what `tune.seed: 0` is passed to Keras Tuner as
 
 
 @dataclass(frozen=True)
@@ -260,7 +261,10 @@ def make_search(task_spec, config_files, base_overrides, tc: TuneConfig, out: Pa
     import keras_tuner as kt
 
     objective = kt.Objective(tc.objective, direction(tc))
-    common = dict(objective=objective, hyperparameters=_hyperparameters(tc), seed=tc.seed,
+    # Keras Tuner reads a seed of 0 as "draw one at random" (`seed or random.randint(...)`),
+    # so the default 0 gave another search every time: 0 goes in as another fixed number
+    seed = tc.seed or ZERO_SEED
+    common = dict(objective=objective, hyperparameters=_hyperparameters(tc), seed=seed,
                   tune_new_entries=False, allow_new_entries=False,
                   max_consecutive_failed_trials=tc.max_trials + 1)
     if tc.algorithm == "hyperband":
