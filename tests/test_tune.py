@@ -34,7 +34,7 @@ def _checker(task):
 
 def test_tune_section_errors_are_all_reported():
     task = load_task(REPO / "tasks" / "classification")
-    raw = {"max_trials": 0, "algoritm": "random", "space": {
+    raw = {"max_trials": 0, "algoritm": "random", "seed": -1, "space": {
         "train.learning_rate": {"log_uniform": [0, 1e-3]},
         "train.global_batch_size": {"choice": [16, "big"]},
         "model.freeze_layers": {"int": [0.5, 3]},
@@ -46,6 +46,7 @@ def test_tune_section_errors_are_all_reported():
     text = str(e.value)
     for fragment in ["unknown key `tune.algoritm` (did you mean 'algorithm'?)",
                      "`tune.max_trials` (0) must be >= 1",
+                     "`tune.seed` (-1) must be in 0..4294967295",
                      "`tune.space.train.learning_rate`: log_uniform needs numbers low < high "
                      "and low > 0",
                      "`tune.space.train.global_batch_size` = 'big': `train.global_batch_size` "
@@ -54,7 +55,7 @@ def test_tune_section_errors_are_all_reported():
                      "unknown key `train.nosuch`",
                      "`tune.space.model.dropout` must be one of"]:
         assert fragment in text, fragment
-    assert len(e.value.problems) == 7
+    assert len(e.value.problems) == 8
 
 
 def test_fit_ignores_the_tune_section(tmp_path):

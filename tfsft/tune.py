@@ -83,6 +83,8 @@ def load_tune_config(raw: dict, check_key) -> TuneConfig:
         errors.append(f"`tune.max_trials` ({tc.max_trials}) must be >= 1")
     if tc.epochs_per_trial < 0:
         errors.append(f"`tune.epochs_per_trial` ({tc.epochs_per_trial}) must be >= 0")
+    if not 0 <= tc.seed < 2**32:  # the bayesian oracle hands it to scikit-learn's GP
+        errors.append(f"`tune.seed` ({tc.seed}) must be in 0..{2**32 - 1}")
     if not tc.space:
         errors.append("`tune.space` is empty: declare at least one key to search, e.g. "
                       "train.learning_rate: {log_uniform: [1.0e-5, 1.0e-3]}")
