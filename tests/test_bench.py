@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 from conftest import REPO
 
 
@@ -33,3 +34,44 @@ def test_bench_measures_each_repeat_in_its_own_process(tiny_bert, toy_data):
     peak = next(row for row in rows if row.get("what") == "matmul_peak")["flops_per_s"]
     assert peak["float32"] > 0 and peak["bfloat16"] > 0
     assert "time to first training step:" in r.stderr and "matmul peak:" in r.stderr
+
+
+def _bench_module():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench", REPO / "tools" / "bench.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("freeze, freeze_layers, lora", [
+    ("none", 0, 0), ("embeddings", 0, 0), ("embeddings", 1, 0), ("backbone", 0, 0),
+    ("none", 0, 2)])
+def test_model_flops_count_only_the_work_a_step_runs(freeze, freeze_layers, lora):
+    import keras_hub
+
+    from tfsft import backbones
+
+    h, heads, ffn, width, tokens = 16, 2, 32, 5, 3
+    backbone = keras_hub.models.BertBackbone(
+        vocabulary_size=40, num_layers=2, num_heads=heads, hidden_dim=h,
+        intermediate_dim=ffn, max_sequence_length=16)
+    backbones.set_trainable(backbone, freeze, freeze_layers, lora)
+    # KerasHub's LoRA on the query and value projections: A (hidden, heads, rank) and
+    # B (rank, head size); their biases train too
+    lora_ab = 2 * (h * heads * lora + lora * h // heads)
+    p = 4 * (h * h + h) + 2 * h * ffn + ffn + h + 2 * 2 * h + lora_ab  # one layer's weights
+    qkv = 3 * (h * h + h) + lora_ab  # the projections reading the layer's input
+    fwd, bwd = 2 * p + 4 * width * h, 2 * p + 8 * width * h  # forward; backward to the input
+    lowest_bwd = bwd - 2 * qkv  # nothing below trains: no gradient for the layer's input
+    trained = lora_ab + 2 * h if lora else p  # weights of a trained layer (gradients)
+    expected = {  # (layer 0, layer 1) per real token
+        ("none", 0, 0): (fwd + bwd + 2 * trained, fwd + bwd + 2 * trained),
+        ("embeddings", 0, 0): (fwd + lowest_bwd + 2 * trained, fwd + bwd + 2 * trained),
+        ("embeddings", 1, 0): (fwd, fwd + lowest_bwd + 2 * trained),
+        ("backbone", 0, 0): (fwd, fwd),
+        ("none", 0, 2): (fwd + lowest_bwd + 2 * trained, fwd + bwd + 2 * trained),
+    }[(freeze, freeze_layers, lora)]
+    flops = _bench_module().model_flops(backbone)
+    assert flops(tokens, width) == tokens * sum(expected)

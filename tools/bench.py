@@ -63,17 +63,32 @@ def matmul_peak(dtype: str, n: int = 2048, seconds: float = 2.0) -> float:
 
 
 def model_flops(backbone):
-    """Training FLOPs of a batch, counted on its real tokens: 6 x non-embedding parameters
-    per token (forward + backward) plus attention scores and values (12 x layers x width
-    x hidden per token)."""
-    params = sum(int(w.numpy().size) for w in backbone.weights)
-    embed = sum(int(w.numpy().size) for w in backbone.weights
-                if "embedding" in w.path and "layer_norm" not in w.path)
-    layers = getattr(backbone, "num_layers", 0)
+    """Training FLOPs of a batch, counted on its real tokens and on the work a step runs,
+    per transformer layer: the forward pass (2 x its parameters per token, plus 4 x width x
+    hidden for the attention scores and values); the backward pass to its input where it
+    or anything below it trains (as much again, and twice the attention term), except the
+    query/key/value projections' input gradient when nothing below trains; 2 x its
+    trainable parameters for their gradients. All trained, that is 6 x parameters + 12 x
+    width x hidden per token. Not counted: embedding lookups, and the weights outside the
+    stack (embedding LayerNorm, pooler), elementwise or on one token per row."""
+    trained = {id(w) for w in backbone.trainable_weights}
+    below = any(id(w) in trained for w in backbone.weights if "embedding" in w.path)
     hidden = getattr(backbone, "hidden_dim", 0)
+    per_token, per_token_width = 0, 0  # FLOPs per real token: fixed, and x padded width
+    for layer in getattr(backbone, "transformer_layers", []):
+        size = sum(int(w.numpy().size) for w in layer.weights)
+        own = sum(int(w.numpy().size) for w in layer.weights if id(w) in trained)
+        qkv = sum(int(w.numpy().size) for w in layer.weights
+                  if {"query", "key", "value"} & set(w.path.split("/")))
+        per_token += 2 * size + 2 * own
+        per_token_width += 4 * hidden
+        if below or own:  # the backward pass runs through this layer
+            per_token += 2 * (size if below else size - qkv)
+            per_token_width += 8 * hidden
+        below = below or own > 0
 
     def flops(real_tokens: int, width: int) -> float:
-        return 6 * (params - embed) * real_tokens + 12 * layers * width * hidden * real_tokens
+        return (per_token + per_token_width * width) * real_tokens
 
     return flops
 
