@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import resource
 import statistics
@@ -74,12 +75,15 @@ def model_flops(backbone):
     trained = {id(w) for w in backbone.trainable_weights}
     below = any(id(w) in trained for w in backbone.weights if "embedding" in w.path)
     hidden = getattr(backbone, "hidden_dim", 0)
+
+    def count(weights) -> int:
+        return sum(math.prod(w.shape) for w in weights)
+
     per_token, per_token_width = 0, 0  # FLOPs per real token: fixed, and x padded width
     for layer in getattr(backbone, "transformer_layers", []):
-        size = sum(int(w.numpy().size) for w in layer.weights)
-        own = sum(int(w.numpy().size) for w in layer.weights if id(w) in trained)
-        qkv = sum(int(w.numpy().size) for w in layer.weights
-                  if {"query", "key", "value"} & set(w.path.split("/")))
+        size = count(layer.weights)
+        own = count(w for w in layer.weights if id(w) in trained)
+        qkv = count(w for w in layer.weights if {"query", "key", "value"} & set(w.path.split("/")))
         per_token += 2 * size + 2 * own
         per_token_width += 4 * hidden
         if below or own:  # the backward pass runs through this layer
