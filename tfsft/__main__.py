@@ -1,5 +1,5 @@
 import sys
 
-from tfsft.cli import main
+from tfsft.cli import run
 
-sys.exit(main())
+sys.exit(run())

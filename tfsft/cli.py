@@ -197,6 +197,15 @@ def _version() -> str:
     return f"tfsft {__version__}"
 
 
+def run() -> int:
+    """The `tfsft` program (`python -m tfsft` too): `main` with TensorFlow's log lines that
+    report no error dropped from stderr (`quiet.NOISE`)."""
+    from tfsft import quiet
+
+    quiet.drop_log_noise()
+    return main()
+
+
 def main(argv: list[str] | None = None) -> int:
     top = parser()
     # Overrides may also follow options (`fit T --config X a.b=1`): argparse leaves those

@@ -1,19 +1,109 @@
-"""Import TensorFlow without its start-up chatter on the terminal."""
+"""Import TensorFlow without its start-up chatter on the terminal, and (in the command line
+only) without the log lines it marks as errors that are not errors."""
 
 from __future__ import annotations
 
 import os
+import re
 import sys
+
+# Log lines TensorFlow and XLA write at ERROR level that report no error. Without this, a
+# run that loads its compiled kernels from the cache (`xla_cache`) printed ~3 lines of up
+# to 2,500 characters per kernel: 72 lines for the README's main command run twice.
+NOISE = re.compile(
+    rb"E\d{4} [^\]\n]*\] (?:"
+    # the kernel cache reads each entry as a text proto, then (successfully) as binary
+    rb"Error parsing text-format tensorflow\.XlaSerializedCacheEntry"
+    # a kernel loaded from the cache names LLVM's tuning preferences, which are not
+    # instruction sets, among the CPU features this host lacks. A real missing feature
+    # (+avx512f, ...) is still shown.
+    rb"|Loading XLA:CPU AOT result\. Target machine feature \+prefer-[\w-]+ is not +supported"
+    # printed on every start, also on CPUs with AVX-512
+    rb"|oneDNN supports DT_INT64 only on platforms with AVX-512\.)")
+
+# The filter process: copies its stdin to its stdout without NOISE lines. It ignores SIGINT
+# and SIGTERM and stops at end of input, so whatever tfsft wrote before it stopped (an
+# exception, a crash) is still shown.
+FILTER = r"""
+import os, re, signal, sys
+signal.signal(signal.SIGINT, signal.SIG_IGN)
+signal.signal(signal.SIGTERM, signal.SIG_IGN)
+noise = re.compile(sys.argv[1].encode("latin-1"))
+def write(data):
+    while data:
+        data = data[os.write(1, data):]
+pending = b""
+while True:
+    chunk = os.read(0, 65536)
+    if not chunk:
+        break
+    *lines, pending = (pending + chunk).split(b"\n")
+    kept = b"".join(line + b"\n" for line in lines if not noise.match(line))
+    if pending and not pending.startswith(b"E"):  # a partial line that is not a log line
+        kept, pending = kept + pending, b""
+    write(kept)
+write(pending)
+"""
+
+_filter = {"wanted": False, "child": None}
+
+
+def drop_log_noise() -> None:
+    """Ask for NOISE to be dropped from this process's stderr once TensorFlow is imported.
+    Only the command line asks: the filter replaces file descriptor 2, which a library
+    caller (or pytest's capture) may own."""
+    _filter["wanted"] = True
+
+
+def start_filter() -> bool:
+    """Route file descriptor 2 through a child process that drops NOISE lines (once per
+    process; not with TFSFT_VERBOSE_TF). Returns whether the filter is running. At exit
+    stderr is restored and the child given time to write what it holds."""
+    if _filter["child"] is not None or os.environ.get("TFSFT_VERBOSE_TF"):
+        return _filter["child"] is not None
+    import atexit
+    import subprocess
+
+    try:
+        read, write = os.pipe()
+        child = subprocess.Popen(
+            [sys.executable, "-I", "-S", "-c", FILTER, NOISE.pattern.decode("latin-1")],
+            stdin=read, stdout=2)
+    except OSError:
+        return False
+    os.close(read)
+    sys.stderr.flush()
+    saved = os.dup(2)
+    os.dup2(write, 2)
+    os.close(write)
+    _filter["child"] = child
+
+    def stop():
+        try:
+            sys.stderr.flush()
+        except (OSError, ValueError):
+            pass
+        os.dup2(saved, 2)  # the pipe's last writer closes: the child drains it and ends
+        try:
+            child.wait(timeout=10)
+        except subprocess.TimeoutExpired:  # a subprocess of ours still holds the pipe
+            pass
+
+    atexit.register(stop)
+    return True
 
 
 def import_tensorflow_quietly() -> None:
     """Import TensorFlow with its start-up chatter (absl logs written before logging is
     initialised ignore TF_CPP_MIN_LOG_LEVEL) kept off the terminal; shown if import fails.
     Every tfsft path into TensorFlow comes here, so it also sets up the cache of compiled
-    kernels (`xla_cache`: read at the first XLA compile, after the import)."""
+    kernels (`xla_cache`: read at the first XLA compile, after the import) and, when the
+    command line asked for it (`drop_log_noise`), the filter of stderr."""
     from tfsft import xla_cache
 
     xla_cache.configure()
+    if _filter["wanted"]:
+        start_filter()
     if "tensorflow" in sys.modules or os.environ.get("TFSFT_VERBOSE_TF"):
         return
     import tempfile
