@@ -307,7 +307,9 @@ def build(task, cfg, num_outputs: int, strategy):
 
 
 def check_training_config(task, cfg) -> None:
-    """Checks that need the task (its metric names, optional members)."""
+    """Checks that need the task (its metric names, optional members) or the machine."""
+    from tfsft import precision
+
     t = cfg.train
     metric_names = [m.name for m in task.metrics(cfg.task)]
     valid = ["loss", "val_loss"] + [f"val_{n}" for n in metric_names] + metric_names
@@ -317,6 +319,9 @@ def check_training_config(task, cfg) -> None:
                         f"{task.name!r}; choose one of {', '.join(valid)}")
     if t.class_weights == "balanced" and not hasattr(task, "class_weights"):
         problems.append(f"task {task.name!r} does not support `train.class_weights`")
+    why = precision.unavailable(precision.resolve(t.precision))
+    if why:
+        problems.append(why)
     if problems:
         raise ConfigError(problems)
 
