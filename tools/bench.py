@@ -278,7 +278,8 @@ def main() -> int:
                     help="python of hf_peer.py's venv: also run the peer, alternating")
     ap.add_argument("--peer-configs", default=",".join(f"{p}:{pad}" for p, pad in PEER_TRAIN),
                     help="the peer's training configurations, precision:padding, "
-                         "comma-separated (default: all four)")
+                         "comma-separated (default: all four); its prediction runs in the "
+                         "precisions named here, by length")
     ap.add_argument("--one-repeat", action="store_true",
                     help=argparse.SUPPRESS)  # internal: one repeat of tfsft, JSON lines
     args = ap.parse_intermixed_args()
@@ -289,6 +290,9 @@ def main() -> int:
         return 0
     launcher = start_launcher()
     peer_train = [tuple(c.split(":")) for c in args.peer_configs.split(",")]
+    # a precision left out of training is left out of prediction too (bf16 on a CPU without
+    # AVX-512 runs emulated: one of the peer's training repeats took over 18 minutes)
+    peer_predict = [(p, pad) for p, pad in PEER_PREDICT if p in {c[0] for c in peer_train}]
     from tfsft import precision, quiet, workflow
 
     quiet.import_tensorflow_quietly()
@@ -306,7 +310,7 @@ def main() -> int:
         emit(ours(args, launcher))
         if args.peer:
             emit([peer(args, cfg, launcher, "train", p, pad) for p, pad in peer_train])
-            emit([peer(args, cfg, launcher, "predict", p, pad) for p, pad in PEER_PREDICT])
+            emit([peer(args, cfg, launcher, "predict", p, pad) for p, pad in peer_predict])
     precision.use_graph_pass("float32")  # the peaks are of plain float32/bfloat16 matmuls
     peaks = {d: matmul_peak(d) for d in ("float32", "bfloat16")}
     print(json.dumps({"what": "matmul_peak", "flops_per_s": peaks}), flush=True)
