@@ -237,6 +237,43 @@ def test_text_pairs_on_gpt2_are_refused(tiny_gpt2, tmp_path):
     assert r.returncode == 2 and "one text per example (GPT-2)" in r.stderr
 
 
+def test_text_pairs_train_on_both_texts_and_predict_from_jsonl(tiny_bert, tmp_path):
+    # the label follows the second text only: a model that never sees it cannot learn it
+    import random
+
+    from conftest import FILLER, NEGATIVE, POSITIVE
+
+    rng = random.Random(5)
+
+    def write(name: str, rows: int) -> Path:
+        lines = ["a\tb\tlabel"]
+        for i in range(rows):
+            label = "yes" if i % 2 else "no"
+            cue = rng.choice(POSITIVE if label == "yes" else NEGATIVE)
+            lines.append(f"{' '.join(rng.sample(FILLER, 4))}\t{cue} {rng.choice(FILLER)}"
+                         f"\t{label}")
+        (tmp_path / name).write_text("\n".join(lines) + "\n")
+        return tmp_path / name
+
+    out = tmp_path / "run"
+    r = run_cli("fit", "tasks/classification", f"model.backbone={tiny_bert}",
+                f"data.train={write('train.tsv', 64)}", f"data.validation={write('dev.tsv', 24)}",
+                "task.text_field=a", "task.text_pair_field=b", "data.max_length=16",
+                "train.epochs=6", "train.global_batch_size=8", "train.learning_rate=2e-2",
+                "model.dropout=0.0", "train.precision=float32", "--output", out, "--quiet")
+    assert r.returncode == 0, r.stderr[-3000:]
+    metrics = json.loads((out / "metrics.json").read_text())["validation"]
+    assert metrics["accuracy"] >= 0.9
+    # predict reads both fields of each row and agrees with the metrics fit wrote
+    dev = [line.split("\t") for line in (tmp_path / "dev.tsv").read_text().splitlines()[1:]]
+    stdin = "".join(json.dumps({"a": a, "b": b}) + "\n" for a, b, _ in dev)
+    r = run_cli("predict", out, stdin=stdin)
+    assert r.returncode == 0, r.stderr[-3000:]
+    labels = [json.loads(x)["label"] for x in r.stdout.splitlines()]
+    hits = sum(p == y for p, (_, _, y) in zip(labels, dev))
+    assert len(labels) == 24 and hits / 24 == pytest.approx(metrics["accuracy"])
+
+
 def test_validate_checks_model_settings_too(tiny_gpt2, toy_data):
     train, dev = toy_data
     r = run_cli("validate", "tasks/sentiment", f"data.train={train}", f"data.validation={dev}",

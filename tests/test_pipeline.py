@@ -24,6 +24,25 @@ def test_encode_and_trim(tiny_bert):
     assert batch["token_ids"].shape == (1, 3)
 
 
+@pytest.mark.parametrize("paired", [False, True])
+def test_full_lengths_count_every_row_before_truncation(tiny_bert, paired):
+    # rows shorter than, exactly at and longer than the width of 8: encode tokenises again
+    # only the rows at the width, and must count all of them as the tokenizer does
+    _, pre = backbones.load(str(tiny_bert), 8)
+    words = "the film was very good and really nice and the food was superb too".split()
+    texts = [" ".join(words[:n]) for n in range(1, 14)]
+    pairs = [" ".join(words[:n % 4]) or "good" for n in range(13)] if paired else None
+    enc = pipeline.encode(pre, texts, pairs, batch_size=4)
+    tokens = [len(pre.tokenizer(t)) for t in texts]
+    expected = [n + 2 for n in tokens] if not paired else [
+        n + len(pre.tokenizer(p)) + 3 for n, p in zip(tokens, pairs)]
+    assert enc.full_lengths.tolist() == expected
+    assert enc.lengths.tolist() == [min(n, 8) for n in expected]
+    assert 8 in expected and min(expected) < 8 < max(expected)  # all three kinds of row
+    if paired:  # each row holds its second text (segment 1), truncated or not
+        assert (enc.features["segment_ids"].max(axis=1) == 1).all()
+
+
 def _toy_encoded(n: int, seed: int = 0) -> pipeline.Encoded:
     rng = np.random.default_rng(seed)
     lengths = rng.integers(2, 30, n).astype(np.int32)

@@ -46,7 +46,8 @@ def encode(preprocessor, texts: list[str], pairs: list[str] | None = None,
     ds = tf.data.Dataset.from_tensor_slices(inputs).batch(batch_size)
 
     def run(*cols):
-        x = preprocessor(cols[0] if len(cols) == 1 else cols)
+        # a pair goes in as `x=`: KerasHub reads a positional tuple as (x, y)
+        x = preprocessor(cols[0]) if len(cols) == 1 else preprocessor(x=cols)
         n = sum(tokenizer(c).row_lengths() for c in cols) + special
         return x, tf.cast(n, tf.int32)
 
