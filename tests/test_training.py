@@ -39,6 +39,41 @@ def test_weight_decay_skips_bias_and_layernorm():
     assert decayed == {"kernel": True, "bias": False, "gamma": False, "beta": False}
 
 
+@pytest.mark.parametrize("jit", [False, True])
+def test_adamw_apply_matches_keras_apply(jit):
+    # bit for bit the weights, moments and step count of Keras' AdamW.apply after five
+    # updates (warmup and decay, decayed and exempt variables, a gradient of zeros), eager
+    # or in the XLA-compiled update the training step runs (it reads Keras' private
+    # optimizer state: this is the test that a Keras upgrade would break it)
+    import keras
+    import tensorflow as tf
+
+    def run(apply):
+        keras.utils.set_random_seed(1)
+        model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3),
+                                  keras.layers.LayerNormalization()])
+        opt = training.make_optimizer(1e-1, 4, 0.5, "linear", 0.3)
+        opt.build(model.trainable_variables)
+        assert training.plain_adamw(opt, model.trainable_variables)
+        step = tf.function(lambda g: apply(opt, g, model.trainable_variables) or 0,
+                           jit_compile=jit, autograph=False)
+        rng = np.random.default_rng(0)
+        for k in range(5):
+            grads = [tf.constant(rng.normal(size=v.shape) * (k != 2), tf.float32)
+                     for v in model.trainable_variables]
+            step(grads)
+        return [v.numpy() for v in model.trainable_variables + opt.variables]
+
+    ours, keras_ = run(training.adamw_apply), run(type(keras.optimizers.AdamW()).apply)
+    assert len(ours) == len(keras_) == 4 + 1 + 2 * 4  # weights, step count, m and v
+    for a, b in zip(ours, keras_):
+        np.testing.assert_array_equal(a, b)
+    assert ours[4] == 5  # the step count
+    assert not training.plain_adamw(keras.optimizers.AdamW(clipnorm=1.0), [])
+    half = keras.Variable(1.0, dtype="bfloat16")
+    assert not training.plain_adamw(keras.optimizers.AdamW(), [half])
+
+
 @pytest.mark.parametrize(("rows", "batch", "epochs", "max_steps", "accum", "expected"), [
     (100, 10, 3, 0, 1, (3, 10, 10, 30)),
     (95, 10, 2, 0, 1, (2, 10, 10, 20)),        # a partial last batch counts
