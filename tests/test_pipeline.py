@@ -180,12 +180,27 @@ def test_tokenisation_does_not_autotune(monkeypatch):
     enc = pipeline.encode(_ToyPreprocessor(), ["a bc", "def"])
     assert enc.features["token_ids"].tolist() == [[1, 2, 0, 0], [3, 0, 0, 0]]
     assert seq2seq.tokenize(_ToyPreprocessor().tokenizer, ["a b", "c"]) == [[b"a", b"b"], [b"c"]]
-    assert len(made) == 2 and all(ds.options().autotune.enabled is False for ds in made)
+    # encode calls its traced function itself; seq2seq maps a dataset, without autotuning
+    assert len(made) == 1 and made[0].options().autotune.enabled is False
+
+
+def test_encode_traces_once_per_preprocessor_and_keeps_batches_in_order():
+    pre = _ToyPreprocessor()
+    texts = [" ".join("x" * (1 + i % 4) for _ in range(1 + i % 3)) for i in range(10)]
+    enc = pipeline.encode(pre, texts, batch_size=3)  # 4 batches, the last of one row
+    again = pipeline.encode(pre, texts[:5], batch_size=3)
+    assert pre.traces == 1
+    assert enc.features["token_ids"][:, 0].tolist() == [1 + i % 4 for i in range(10)]
+    assert enc.lengths.tolist() == [1 + i % 3 for i in range(10)]
+    assert again.features["token_ids"].tolist() == enc.features["token_ids"][:5].tolist()
+    assert len(pipeline.encode(pre, [])) == 0
 
 
 class _ToyPreprocessor:
     """Stands in for a KerasHub preprocessor: whitespace tokens, each token's id its length
-    in characters, 4 positions."""
+    in characters, 4 positions. `traces`: how often it was traced (or called eagerly)."""
+
+    traces = 0
 
     def __init__(self):
         import tensorflow as tf
@@ -195,5 +210,6 @@ class _ToyPreprocessor:
     def __call__(self, texts):
         import tensorflow as tf
 
+        self.traces += 1
         ids = tf.strings.length(tf.strings.split(texts)).to_tensor(shape=[None, 4])
         return {"token_ids": ids, "padding_mask": tf.cast(ids > 0, tf.int32)}
