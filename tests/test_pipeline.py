@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import gc
+import weakref
+
 import numpy as np
 import pytest
 
@@ -194,6 +197,10 @@ def test_encode_traces_once_per_preprocessor_and_keeps_batches_in_order():
     assert enc.lengths.tolist() == [1 + i % 3 for i in range(10)]
     assert again.features["token_ids"].tolist() == enc.features["token_ids"][:5].tolist()
     assert len(pipeline.encode(pre, [])) == 0
+    gone = weakref.ref(pre)
+    del pre
+    gc.collect()
+    assert gone() is None  # the cache of traced functions does not keep it alive
 
 
 class _ToyPreprocessor:

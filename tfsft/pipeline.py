@@ -69,18 +69,18 @@ def _encoder(preprocessor, columns: int):
 
     traced = _ENCODERS.setdefault(preprocessor, {})
     if columns not in traced:
-        tokenizer = preprocessor.tokenizer
+        ref = weakref.ref(preprocessor)  # the cache must not keep the preprocessor alive
         special = 2 if columns == 1 else 3
 
         def run(*cols):
+            pre = ref()
             # a pair goes in as `x=`: KerasHub reads a positional tuple as (x, y)
-            x = preprocessor(cols[0]) if len(cols) == 1 else preprocessor(x=cols)
-            n = sum(tokenizer(c).row_lengths() for c in cols) + special
+            x = pre(cols[0]) if len(cols) == 1 else pre(x=cols)
+            n = sum(pre.tokenizer(c).row_lengths() for c in cols) + special
             return {k: tf.cast(v, tf.int32) for k, v in x.items()}, tf.cast(n, tf.int32)
 
         spec = [tf.TensorSpec([None], tf.string)] * columns
-        traced[columns] = tf.function(run, input_signature=spec,
-                                      autograph=False).get_concrete_function()
+        traced[columns] = tf.function(run, input_signature=spec, autograph=False)
     return traced[columns]
 
 
