@@ -29,8 +29,8 @@ def test_encode_and_trim(tiny_bert):
 
 @pytest.mark.parametrize("paired", [False, True])
 def test_full_lengths_count_every_row_before_truncation(tiny_bert, paired):
-    # rows shorter than, exactly at and longer than the width of 8: encode tokenises again
-    # only the rows at the width, and must count all of them as the tokenizer does
+    # rows shorter than, exactly at and longer than the width of 8: each row's length before
+    # truncation is what the tokenizer counts, plus the special tokens
     _, pre = backbones.load(str(tiny_bert), 8)
     words = "the film was very good and really nice and the food was superb too".split()
     texts = [" ".join(words[:n]) for n in range(1, 14)]
