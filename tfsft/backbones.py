@@ -11,6 +11,7 @@ A backbone spec is one of:
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -60,7 +61,8 @@ def load(spec: str, max_length: int, dtype: str | None = None, dropout: float = 
         kwargs = {"dtype": dtype} if dtype else {}
         if dropout >= 0:
             kwargs["dropout"] = dropout
-        backbone = keras_hub.models.Backbone.from_preset(source, **kwargs)
+        with values_from_checkpoint():
+            backbone = keras_hub.models.Backbone.from_preset(source, **kwargs)
     except Exception as e:  # KerasHub raises ValueError/OSError/HTTP errors for bad presets
         offline = "" if os.path.exists(source) else (
             " Preset names are downloaded by KerasHub and need network; for offline use "
@@ -71,6 +73,45 @@ def load(spec: str, max_length: int, dtype: str | None = None, dropout: float = 
     fused.use_fused_gelu(backbone)
     fused.use_fused_layer_norm(backbone)
     return backbone, load_preprocessor(source, backbone, max_length)
+
+
+@contextlib.contextmanager
+def values_from_checkpoint():
+    """Keras variables made inside from a random initializer get no value until their first
+    `assign` (the checkpoint's value, as loading it does); on a normal exit, those never
+    assigned draw their initial value as before. Loading a backbone no longer draws random
+    values that its checkpoint then overwrites: MiniLM's 22M, ~0.5 s of the first step on a
+    2-core CPU. The weights are the same as a plain load's, and so are the random values of
+    anything the checkpoint lacks (a Keras initializer's seed is drawn when it is made, not
+    when it is called). It swaps two methods of Keras' TensorFlow `Variable` for the
+    duration (keras is pinned to 3.15; tests/test_backbones.py compares the weights with a
+    plain load and would fail on an incompatible Keras)."""
+    import tensorflow as tf
+    from keras.src.backend.tensorflow.core import Variable
+
+    initialize, direct_assign = Variable._initialize_with_initializer, Variable._direct_assign
+    deferred = []
+
+    def defer(self, initializer):
+        self._value, self._initializer = None, initializer
+        deferred.append(self)
+
+    def assign_first(self, value):
+        if self._value is not None:
+            return direct_assign(self, value)
+        with tf.init_scope():
+            self._initialize(tf.cast(value, self._dtype))
+        self._initializer = None
+
+    Variable._initialize_with_initializer, Variable._direct_assign = defer, assign_first
+    try:
+        yield
+    finally:
+        Variable._initialize_with_initializer, Variable._direct_assign = initialize, direct_assign
+    for variable in deferred:
+        if variable._value is None:
+            initialize(variable, variable._initializer)
+            variable._initializer = None
 
 
 def load_preprocessor(source: str, backbone, max_length: int):
