@@ -97,3 +97,24 @@ sys.exit(code)
                          + after)
     assert library.returncode == 0, library.stderr.decode()[-2000:]
     assert b"XlaSerializedCacheEntry" in library.stderr
+
+
+def test_pyplot_is_imported_only_when_used():
+    """Keras imports matplotlib.pyplot as TensorFlow starts; tfsft defers the import to the
+    first use (defer_pyplot), and code that draws, Keras' own included, gets real pyplot."""
+    script = (
+        "import sys\n"
+        "from tfsft import quiet\n"
+        "quiet.import_tensorflow_quietly()\n"
+        "from keras.src.visualization import plot_image_gallery as keras_plots\n"
+        "print(type(sys.modules['matplotlib.pyplot']).__name__)\n"
+        "import matplotlib\n"
+        "matplotlib.use('Agg')\n"
+        "import matplotlib.pyplot as plt\n"
+        "figure = keras_plots.plt.figure()\n"
+        "print(type(figure).__name__, plt.gca is sys.modules['matplotlib.pyplot'].gca,\n"
+        "      type(sys.modules['matplotlib.pyplot']).__name__)\n")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         cwd=REPO, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["_DeferredPyplot", "Figure", "True", "module"], out.stdout
