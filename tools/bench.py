@@ -117,14 +117,6 @@ def measure(args, overrides) -> list[dict]:
             "pid": os.getpid()}
     out = []
 
-    # the input pipeline alone
-    start, n = time.perf_counter(), 0
-    for i, (x, _y) in enumerate(ds.repeat()):
-        n += int(x["padding_mask"].shape[0])
-        if i + 1 >= args.steps + args.warmup:
-            break
-    out.append({**base, "what": "pipeline", "examples_per_s": n / (time.perf_counter() - start)})
-
     # training with tfsft's own step (training.make_train_step, what `fit` runs): first
     # step (time since process start), warm-up, then timed steps. The step pulls its
     # batches from `it`; `shadow` replays the same (deterministic) order for token counts.
@@ -158,6 +150,14 @@ def measure(args, overrides) -> list[dict]:
                 "real_tokens_per_s": real / elapsed, "padded_tokens_per_s": padded / elapsed,
                 "padding_share": 1 - real / padded, "model_flops_per_s": total_flops / elapsed,
                 "time_to_first_step_s": first_step})
+
+    # the input pipeline alone (after training: `fit` does not run it before its first step)
+    start, n = time.perf_counter(), 0
+    for i, (x, _y) in enumerate(ds.repeat()):
+        n += int(x["padding_mask"].shape[0])
+        if i + 1 >= args.steps + args.warmup:
+            break
+    out.append({**base, "what": "pipeline", "examples_per_s": n / (time.perf_counter() - start)})
 
     # prediction of the validation split as `evaluate`/`predict` run it (batched by
     # length, results in file order): one untimed pass (tracing), then a timed one
