@@ -172,7 +172,10 @@ def test_no_batch_pipeline_autotunes(bucket, static):
         assert ds.options().autotune.enabled is False
 
 
-def test_tokenisation_does_not_autotune(monkeypatch):
+def test_tokenisation_iterates_no_dataset(monkeypatch):
+    """No tf.data pipeline (whose autotuning thread could hold up its deletion) and no
+    retracing per call: encode and seq2seq.tokenize call a function traced once per
+    tokenizer, batch by batch, and keep the rows in order."""
     import tensorflow as tf
 
     from tfsft import seq2seq
@@ -182,9 +185,18 @@ def test_tokenisation_does_not_autotune(monkeypatch):
                         lambda self, it=tf.data.Dataset.__iter__: made.append(self) or it(self))
     enc = pipeline.encode(_ToyPreprocessor(), ["a bc", "def"])
     assert enc.features["token_ids"].tolist() == [[1, 2, 0, 0], [3, 0, 0, 0]]
-    assert seq2seq.tokenize(_ToyPreprocessor().tokenizer, ["a b", "c"]) == [[b"a", b"b"], [b"c"]]
-    # encode calls its traced function itself; seq2seq maps a dataset, without autotuning
-    assert len(made) == 1 and made[0].options().autotune.enabled is False
+    traces = []
+
+    def tokenizer(texts):
+        traces.append(1)
+        return tf.strings.split(texts)
+
+    texts = ["a b", "c", "d e f", "g", "h i"]
+    assert seq2seq.tokenize(tokenizer, texts, batch_size=2) == [
+        [b"a", b"b"], [b"c"], [b"d", b"e", b"f"], [b"g"], [b"h", b"i"]]
+    assert seq2seq.tokenize(tokenizer, texts[:1]) == [[b"a", b"b"]]
+    assert seq2seq.tokenize(tokenizer, []) == []
+    assert len(traces) == 1 and made == []
 
 
 def test_encode_traces_once_per_preprocessor_and_keeps_batches_in_order():

@@ -57,31 +57,39 @@ def encode(preprocessor, texts: list[str], pairs: list[str] | None = None,
     return Encoded(features, lengths, np.concatenate(full))
 
 
-_ENCODERS = weakref.WeakKeyDictionary()  # preprocessor -> {text columns: traced function}
+_TRACED = weakref.WeakKeyDictionary()  # layer -> {key: traced function}
+
+
+def traced_once(layer, key, body, signature):
+    """`body(layer, *args)` as one tf.function per (layer, key), traced once and called per
+    batch. Tracing a KerasHub tokenizer takes ~0.9 s, and a tf.data map over it ~0.6 s more
+    to start: mapped once per split, that was 3.9 s for SST-2's 20,000 + 872 rows; traced
+    once and called per batch, 1.7 s. The cache holds `layer` weakly (so does the traced
+    function: a closure over it would keep its own cache key alive)."""
+    import tensorflow as tf
+
+    traced = _TRACED.setdefault(layer, {})
+    if key not in traced:
+        ref = weakref.ref(layer)
+        traced[key] = tf.function(lambda *args: body(ref(), *args), input_signature=signature,
+                                  autograph=False)
+    return traced[key]
 
 
 def _encoder(preprocessor, columns: int):
-    """The preprocessor and each row's token count before truncation, as one function
-    traced once per preprocessor and column count. Tracing a KerasHub tokenizer takes ~0.9 s
-    and a tf.data map over it ~0.6 s more to start: mapped once per split, that was 3.9 s
-    for SST-2's 20,000 + 872 rows; traced once and called per batch, 1.7 s."""
+    """The preprocessor and each row's token count before truncation (traced_once)."""
     import tensorflow as tf
 
-    traced = _ENCODERS.setdefault(preprocessor, {})
-    if columns not in traced:
-        ref = weakref.ref(preprocessor)  # the cache must not keep the preprocessor alive
-        special = 2 if columns == 1 else 3
+    special = 2 if columns == 1 else 3
 
-        def run(*cols):
-            pre = ref()
-            # a pair goes in as `x=`: KerasHub reads a positional tuple as (x, y)
-            x = pre(cols[0]) if len(cols) == 1 else pre(x=cols)
-            n = sum(pre.tokenizer(c).row_lengths() for c in cols) + special
-            return {k: tf.cast(v, tf.int32) for k, v in x.items()}, tf.cast(n, tf.int32)
+    def run(pre, *cols):
+        # a pair goes in as `x=`: KerasHub reads a positional tuple as (x, y)
+        x = pre(cols[0]) if len(cols) == 1 else pre(x=cols)
+        n = sum(pre.tokenizer(c).row_lengths() for c in cols) + special
+        return {k: tf.cast(v, tf.int32) for k, v in x.items()}, tf.cast(n, tf.int32)
 
-        spec = [tf.TensorSpec([None], tf.string)] * columns
-        traced[columns] = tf.function(run, input_signature=spec, autograph=False)
-    return traced[columns]
+    return traced_once(preprocessor, ("encode", columns), run,
+                       [tf.TensorSpec([None], tf.string)] * columns)
 
 
 def take(enc: Encoded, rows: np.ndarray) -> Encoded:

@@ -68,18 +68,17 @@ class Pairs:
 
 
 def tokenize(tokenizer, texts: list[str], batch_size: int = 2048) -> list[list[int]]:
-    """Token ids of every text, tokenised once (in-graph BPE is slow to rerun)."""
+    """Token ids of every text, tokenised once (in-graph BPE is slow to rerun), by the
+    tokenizer traced once and called per batch (pipeline.traced_once)."""
     import tensorflow as tf
 
     from tfsft import pipeline
 
+    run = pipeline.traced_once(tokenizer, "tokenize", lambda t, batch: t(batch),
+                               [tf.TensorSpec([None], tf.string)])
     out: list[list[int]] = []
-    if not texts:
-        return out
-    ds = tf.data.Dataset.from_tensor_slices(texts).batch(batch_size)
-    ds = ds.map(tokenizer, num_parallel_calls=tf.data.AUTOTUNE)
-    for ids in ds.with_options(pipeline.fixed_buffers()):
-        out.extend(ids.to_list())
+    for start in range(0, len(texts), batch_size):
+        out.extend(run(tf.constant(texts[start:start + batch_size], tf.string)).to_list())
     return out
 
 
