@@ -10,8 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tfsft import quiet
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+quiet.use_onednn_by_default()  # as every tfsft command has it, before any test imports TF
 
 # No kernel cache (tfsft/xla_cache.py) in the user's home: every test process compiles as
 # before (a shared cache did not make the suite faster: 609 against 576 s); the cache's

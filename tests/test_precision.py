@@ -24,9 +24,9 @@ def test_cpu_flags_decide_auto():
 
 
 def test_onednn_mode_needs_avx512():
-    assert precision.onednn_pass_runs("flags\t: fpu sse avx2 avx512f\n")
-    assert precision.onednn_pass_runs("flags\t: fpu avx2 avx_ne_convert\n")
-    assert not precision.onednn_pass_runs("flags\t: fpu sse avx2 fma\n")
+    assert precision.onednn_bf16_native("flags\t: fpu sse avx2 avx512f\n")
+    assert precision.onednn_bf16_native("flags\t: fpu avx2 avx_ne_convert\n")
+    assert not precision.onednn_bf16_native("flags\t: fpu sse avx2 fma\n")
     why = precision.unavailable("onednn_bfloat16", "flags\t: fpu sse avx2 fma\n")
     assert "train.precision" in why and "avx512f" in why and "auto" in why
     assert precision.unavailable("onednn_bfloat16", "flags\t: avx512f avx512_bf16\n") is None
@@ -36,8 +36,9 @@ def test_onednn_mode_needs_avx512():
 
 def test_onednn_mode_is_refused_where_the_pass_cannot_run(monkeypatch, capsys, tiny_bert,
                                                           tmp_path, toy_data):
-    # TensorFlow skips the pass without a word on such a CPU (seen on an AMD EPYC with AVX2
-    # only): the run must stop before it writes anything, not train in float32 unawares
+    # TensorFlow emulates bfloat16 under the pass on such a CPU (an AMD EPYC with AVX2 only:
+    # slower than float32), or skips it without a word with oneDNN off: the run must stop
+    # before it writes anything
     monkeypatch.setattr(precision, "cpu_flags", lambda cpuinfo=None: {"avx2", "fma"})
     train, dev = toy_data
     out = tmp_path / "run"
@@ -95,10 +96,13 @@ def test_onednn_graph_pass_rounds_matmuls_to_bfloat16_where_it_runs_and_turns_of
         precision.use_graph_pass("float32")
     plain = tf.function(lambda x, y: tf.linalg.matmul(x, y))(a, b).numpy()
     assert np.abs(plain - exact).max() < 1e-4  # float32
-    if not precision.onednn_pass_runs():
-        # no AVX-512: TensorFlow skips the pass, the matmul stays float32 (why `fit` refuses
-        # the mode on such a CPU); measured on an AMD EPYC with AVX2 only: 7e-6 off
+    from tensorflow.python.util import _pywrap_util_port
+
+    if not _pywrap_util_port.IsMklEnabled():
+        # oneDNN off (TF_ENABLE_ONEDNN_OPTS=0): TensorFlow skips the pass, the matmul stays
+        # float32 (measured on an AMD EPYC with AVX2 only: 7e-6 off)
         assert np.abs(rewritten - exact).max() < 1e-4
         return
+    # oneDNN on (tfsft's default): bfloat16, natively or emulated (AVX2 only: 0.15 off)
     assert np.abs(rewritten - exact).max() > 1e-2  # bfloat16 inputs: ~3 significant digits
     np.testing.assert_allclose(rewritten, exact, rtol=0.05, atol=0.2)

@@ -118,3 +118,34 @@ def test_pyplot_is_imported_only_when_used():
                          cwd=REPO, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.split() == ["_DeferredPyplot", "Figure", "True", "module"], out.stdout
+
+
+@pytest.mark.parametrize("machine,preset,expected", [
+    ("x86_64", None, "1"), ("AMD64", None, "1"), ("x86_64", "0", "0"), ("aarch64", None, None)])
+def test_onednn_is_on_by_default_on_x86_unless_the_user_says(monkeypatch, machine, preset,
+                                                             expected):
+    monkeypatch.setattr(quiet.platform, "machine", lambda: machine)
+    if preset is None:
+        monkeypatch.delenv("TF_ENABLE_ONEDNN_OPTS", raising=False)
+    else:
+        monkeypatch.setenv("TF_ENABLE_ONEDNN_OPTS", preset)
+    quiet.use_onednn_by_default()
+    assert os.environ.get("TF_ENABLE_ONEDNN_OPTS") == expected
+
+
+@pytest.mark.skipif(quiet.platform.machine().lower() not in ("x86_64", "amd64"),
+                    reason="oneDNN is turned on by default on x86-64 only")
+@pytest.mark.parametrize("preset,expected", [(None, "True"), ("0", "False")])
+def test_tensorflow_runs_onednn_as_tfsft_sets_it(preset, expected):
+    """What a tfsft process's TensorFlow reports (whatever the CPU would have chosen)."""
+    env = {k: v for k, v in os.environ.items() if k != "TF_ENABLE_ONEDNN_OPTS"}
+    if preset is not None:
+        env["TF_ENABLE_ONEDNN_OPTS"] = preset
+    script = ("from tfsft import quiet\n"
+              "quiet.import_tensorflow_quietly()\n"
+              "from tensorflow.python.util import _pywrap_util_port\n"
+              "print(_pywrap_util_port.IsMklEnabled())\n")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         cwd=REPO, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == [expected]

@@ -3,8 +3,9 @@
 - `float32`: everything in float32.
 - `onednn_bfloat16`: a float32 Keras model; TensorFlow's oneDNN auto-mixed-precision graph
   pass runs the matmuls (and what it can keep next to them) in bfloat16. CPUs with AVX-512
-  only: TensorFlow skips the pass silently elsewhere, so a run asking for it on another CPU
-  is refused (`unavailable`) rather than left to compute in float32 unawares. On a
+  only: elsewhere TensorFlow emulates bfloat16 under the pass, slower than float32 (with
+  oneDNN off it skips the pass silently and computes in float32), so a run asking for it
+  on another CPU is refused (`unavailable`). On a
   CPU this beats `mixed_bfloat16`: Keras' policy also makes every elementwise op
   (GELU, LayerNorm, dropout) bfloat16, which TensorFlow computes slowly on CPUs, and casts
   every weight in every layer call (docs/performance.md has the figures).
@@ -21,9 +22,11 @@ from pathlib import Path
 
 CHOICES = ("float32", "auto", "onednn_bfloat16", "mixed_bfloat16", "mixed_float16")
 CPU_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
-# TensorFlow runs its oneDNN bfloat16 pass only where one of these is present
-# (IsBF16SupportedByOneDNNOnThisCPU: AVX512F, or AVX-NE-CONVERT); without AVX512_BF16 or AMX
-# it emulates bfloat16 and is slower than float32, which is why `auto` does not pick it there.
+# oneDNN runs bfloat16 natively only where one of these is present (TensorFlow's
+# IsBF16SupportedByOneDNNOnThisCPU: AVX512F, or AVX-NE-CONVERT); even then, without
+# AVX512_BF16 or AMX it is slower than float32, which is why `auto` does not pick it there.
+# Without them the pass emulates bfloat16: an AVX2-only AMD EPYC (2026-12-03, oneDNN on) ran
+# a 2048 x 2048 matmul under the pass at 119 GFLOP/s against 161 in float32.
 ONEDNN_PASS_FLAGS = ("avx512f", "avx_ne_convert")
 ONEDNN_PASS = "auto_mixed_precision_onednn_bfloat16"
 
@@ -48,17 +51,19 @@ def cpu_has_bf16(cpuinfo: str | None = None) -> bool:
     return any(f in cpu_flags(cpuinfo) for f in CPU_BF16_FLAGS)
 
 
-def onednn_pass_runs(cpuinfo: str | None = None) -> bool:
-    """True when TensorFlow would run the oneDNN bfloat16 graph pass on this CPU."""
+def onednn_bf16_native(cpuinfo: str | None = None) -> bool:
+    """True when oneDNN runs the bfloat16 graph pass's matmuls natively on this CPU."""
     return any(f in cpu_flags(cpuinfo) for f in ONEDNN_PASS_FLAGS)
 
 
 def unavailable(mode: str, cpuinfo: str | None = None) -> str | None:
     """Why a resolved mode cannot run here as asked, or None when it can."""
-    if mode == "onednn_bfloat16" and not onednn_pass_runs(cpuinfo):
+    if mode == "onednn_bfloat16" and not onednn_bf16_native(cpuinfo):
         return ("`train.precision` is onednn_bfloat16, but this CPU has no AVX-512 (neither "
-                "avx512f nor avx_ne_convert in /proc/cpuinfo): TensorFlow skips its oneDNN "
-                "bfloat16 pass here and the run would compute in float32. Use "
+                "avx512f nor avx_ne_convert in /proc/cpuinfo): TensorFlow's oneDNN bfloat16 "
+                "pass would emulate bfloat16 here, slower than float32 and less precise (a "
+                "2048 x 2048 matmul on an AVX2-only CPU: 119 against 161 GFLOP/s), or, with "
+                "TF_ENABLE_ONEDNN_OPTS=0, not run at all and leave the run in float32. Use "
                 "train.precision=auto (float32 on this CPU) or float32")
     return None
 
