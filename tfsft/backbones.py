@@ -80,7 +80,7 @@ def values_from_checkpoint():
     """Keras variables made inside from a random initializer get no value until their first
     `assign` (the checkpoint's value, as loading it does); on a normal exit, those never
     assigned draw their initial value as before. Loading a backbone no longer draws random
-    values that its checkpoint then overwrites: MiniLM's 22M, ~0.5 s of the first step on a
+    values that its checkpoint then overwrites: MiniLM's 22M, ~1 s of the first step on a
     2-core CPU. The weights are the same as a plain load's, and so are the random values of
     anything the checkpoint lacks (a Keras initializer's seed is drawn when it is made, not
     when it is called). It swaps two methods of Keras' TensorFlow `Variable` for the
