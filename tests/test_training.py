@@ -134,8 +134,10 @@ def test_loss_terms_sum_over_count_is_the_keras_loss(case, weighted):
     assert sum(float(h[1]) for h in halves) == pytest.approx(float(c))
 
 
-def _train_tiny(tmp_path, batch, accum, clip, epochs=2, max_steps=0, per_call=1):
-    """A Dense model trained by the engine on 24 fixed rows; returns (weights, result)."""
+def _train_tiny(tmp_path, batch, accum, clip, epochs=2, max_steps=0, per_call=1,
+                validate=None, monitor="loss"):
+    """A Dense model trained by the engine on 24 fixed rows; returns (weights, result).
+    `validate(model)`: the validation function the loop calls (none when None)."""
     import keras
     import tensorflow as tf
 
@@ -153,12 +155,12 @@ def _train_tiny(tmp_path, batch, accum, clip, epochs=2, max_steps=0, per_call=1)
         return tf.data.Dataset.from_tensor_slices((x[order], y[order])).batch(batch)
 
     result = training.train(
-        model, epoch_data, None,
+        model, epoch_data, None if validate is None else lambda: validate(model),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         metrics=lambda: [keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
         strategy=tf.distribute.get_strategy(), plan=p,
         settings=training.Settings(batch_size=batch, grad_accum_steps=accum, clip_norm=clip,
-                                   monitor="loss", checkpoint_every=0,
+                                   monitor=monitor, checkpoint_every=0,
                                    steps_per_execution=per_call),
         run_dir=tmp_path, verbose=0)
     return [w.numpy() for w in model.weights], result
@@ -192,6 +194,33 @@ def test_steps_per_execution_runs_the_same_updates(tmp_path, accum):
         np.testing.assert_allclose(a, b, atol=1e-6)
     assert [h["loss"] for h in r1.history] == pytest.approx([h["loss"] for h in r4.history],
                                                              rel=1e-6)
+
+
+@pytest.mark.parametrize(("scores", "best", "restored"), [
+    ([0.5, 0.4, 0.3], 3, False), ([0.5, 0.3, 0.4], 2, True)])
+def test_a_validation_function_is_called_at_each_epoch_end(tmp_path, scores, best, restored):
+    """`val_data` as a function: called once per epoch with the epoch's final weights, its
+    scores logged as val_*, monitored for the best epoch; `restored_best` says whether the
+    model then holds an earlier epoch's weights than the last validated."""
+    x = np.linspace(-1, 1, 6, dtype="float32").reshape(2, 3)
+    seen = []
+
+    def validate(model):
+        seen.append(model(x).numpy())
+        return {"loss": scores[len(seen) - 1], "accuracy": 0.5}
+
+    weights, result = _train_tiny(tmp_path, batch=8, accum=1, clip=0.0, epochs=3,
+                                  validate=validate, monitor="val_loss")
+    assert [h["val_loss"] for h in result.history] == scores
+    assert [h["val_accuracy"] for h in result.history] == [0.5] * 3
+    assert len(seen) == 3 and not np.allclose(seen[1], seen[2])  # trained in between
+    assert result.best_epoch == best and result.restored_best is restored
+    import keras
+
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(4, activation="tanh"),
+                              keras.layers.Dense(2)])
+    model.set_weights(weights)
+    np.testing.assert_allclose(model(x).numpy(), seen[best - 1], atol=1e-6)
 
 
 def test_schedule_spans_all_updates_with_accumulation(tmp_path):

@@ -89,3 +89,39 @@ def test_fit_with_a_token_cap_trains_every_row_in_the_planned_steps(tiny_bert, t
     history = [json.loads(x) for x in (out / "history.jsonl").read_text().splitlines()]
     rows = history[-1]["examples_per_second"] * history[-1]["train_seconds"]
     assert round(rows) == 48
+
+
+@pytest.mark.parametrize("restored", [False, True])
+def test_the_validation_report_reuses_the_last_epochs_logits(tiny_bert, tmp_path,
+                                                             monkeypatch, restored):
+    """A one-replica fit validates through predict_logits at each epoch's end and reports
+    the validation split from the last epoch's logits: one pass per epoch, none after, and
+    metrics.json says what the epoch log said. When the model holds an earlier (best)
+    epoch's weights instead, the report predicts again."""
+    import dataclasses
+    import json
+
+    from conftest import write_sentiment_tsv
+
+    from tfsft import training
+
+    calls = []
+    predict = workflow.predict_logits
+    monkeypatch.setattr(workflow, "predict_logits",
+                        lambda *a, **k: calls.append(1) or predict(*a, **k))
+    if restored:  # as if keep_best had restored an earlier epoch
+        train = training.train
+        monkeypatch.setattr(training, "train", lambda *a, **k: dataclasses.replace(
+            train(*a, **k), restored_best=True))
+    data = write_sentiment_tsv(tmp_path / "train.tsv", 40, seed=1)
+    val = write_sentiment_tsv(tmp_path / "val.tsv", 23, seed=2)
+    out = tmp_path / "run"
+    workflow.fit("tasks/sentiment", [],
+                 [f"model.backbone={tiny_bert}", f"data.train={data}", f"data.validation={val}",
+                  "data.max_length=16", "train.global_batch_size=8", "train.epochs=2",
+                  "train.eval_batch_size=4", "train.keep_best=false"],
+                 output=str(out), verbose=0)
+    assert len(calls) == 2 + restored
+    last = json.loads((out / "history.jsonl").read_text().splitlines()[-1])
+    report = json.loads((out / "metrics.json").read_text())["validation"]
+    assert report["accuracy"] == pytest.approx(last["val_accuracy"], abs=1e-6)

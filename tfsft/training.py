@@ -174,6 +174,7 @@ class TrainResult:
     best_epoch: int | None
     seconds: float
     steps: int
+    restored_best: bool = False  # the model holds an earlier epoch's weights than the last
 
 
 # --------------------------------------------------------------------------- the step
@@ -417,8 +418,9 @@ def train(model, epoch_data, val_data, *, loss, metrics, strategy, plan: Plan,
     keep; resumes from `run_dir/checkpoints/resume.npz` when that exists.
 
     `epoch_data(epoch)` returns the epoch's training batches (x, y[, weights]), the same
-    every time for the same epoch; `val_data` the validation batches (or None); `metrics()`
-    new metric objects. Runs `plan.total_updates` updates (stopping inside an epoch if
+    every time for the same epoch; `val_data` the validation batches, or a function that
+    validates the model as it is and returns {"loss": ..., <metric name>: ...} (or None);
+    `metrics()` new metric objects. Runs `plan.total_updates` updates (stopping inside an epoch if
     need be); with keep_best the weights of the best epoch by `monitor` (loss-like metrics
     are minimised) are restored at the end. A NaN/Inf loss or running out of memory raises
     `TrainingError` (with `advice`); the last finished epoch's weights stay in
@@ -484,11 +486,12 @@ def train(model, epoch_data, val_data, *, loss, metrics, strategy, plan: Plan,
             "batches' rows x tokens with `data.max_batch_tokens`, or lower `data.max_length`."
             + _last_good(folder, pos.epoch)) from None
     seconds = time.perf_counter() - start
-    if pos.best_epoch is not None and not pos.best_is_current:
+    restored = pos.best_epoch is not None and not pos.best_is_current
+    if restored:
         model.load_weights(str(folder / "best.weights.h5"))
     # the model now holds the weights to keep, saved next as model/: no second copy
     shutil.rmtree(folder, ignore_errors=True)
-    return TrainResult(list(log.history), pos.best_epoch, seconds, pos.updates)
+    return TrainResult(list(log.history), pos.best_epoch, seconds, pos.updates, restored)
 
 
 def _run_epoch(model, optimizer, step, eval_step, epoch_data, val_data, loss, train_metrics,
@@ -549,8 +552,9 @@ def _run_epoch(model, optimizer, step, eval_step, epoch_data, val_data, loss, tr
                 _stop(stop["signal"], pos, folder)
     logs = _running(pos, train_metrics)
     if val_data is not None:
-        logs += [(f"val_{k}", v) for k, v in
-                 evaluate(model, val_data, loss, val_metrics, strategy, eval_step).items()]
+        scores = (val_data() if callable(val_data) else
+                  evaluate(model, val_data, loss, val_metrics, strategy, eval_step))
+        logs += [(f"val_{k}", v) for k, v in scores.items()]
     logs = dict(logs)
     logs["learning_rate"] = _learning_rate(optimizer)
     logs["train_seconds"] = pos.seconds
