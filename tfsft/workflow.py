@@ -717,9 +717,13 @@ def predict_logits(model, enc, batch_size: int) -> np.ndarray:
     key = repr(spec)
     if key not in traced:  # a later call reuses the trace
         ref = weakref.ref(model)  # the cache must not keep the model alive
-        traced[key] = tf.function(
-            lambda *xs: [ref()(x, training=False) for x in xs],
-            input_signature=[spec] * PREDICT_BATCHES_PER_CALL, autograph=False)
+        # the model traced once, called once per batch (TensorFlow inlines the calls: the
+        # same graph); tracing it per batch took twice as long (MiniLM: 1.29 -> 0.61 s)
+        one = tf.function(lambda x: ref()(x, training=False), input_signature=[spec],
+                          autograph=False)
+        traced[key] = tf.function(lambda *xs: [one(x) for x in xs],
+                                  input_signature=[spec] * PREDICT_BATCHES_PER_CALL,
+                                  autograph=False)
     forward = traced[key]
     out, group = [], []
     for x in batches:
