@@ -718,7 +718,8 @@ def predict_logits(model, enc, batch_size: int) -> np.ndarray:
     if key not in traced:  # a later call reuses the trace
         ref = weakref.ref(model)  # the cache must not keep the model alive
         # the model traced once, called once per batch (TensorFlow inlines the calls: the
-        # same graph); tracing it per batch took twice as long (MiniLM: 1.29 -> 0.61 s)
+        # same graph); tracing it per batch took longer (MiniLM, a first call on 4 rows:
+        # 1.43 -> 1.16 s, medians of 4; docs/performance.md)
         one = tf.function(lambda x: ref()(x, training=False), input_signature=[spec],
                           autograph=False)
         traced[key] = tf.function(lambda *xs: [one(x) for x in xs],
