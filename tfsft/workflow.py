@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import sys
-import weakref
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -686,9 +685,6 @@ def model_targets(task, cfg, enc, targets: np.ndarray) -> np.ndarray:
     return targets
 
 
-_FORWARD: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> {spec: fn}
-
-
 PREDICT_BATCHES_PER_CALL = 2  # forward passes run side by side: see predict_logits
 
 
@@ -713,19 +709,15 @@ def predict_logits(model, enc, batch_size: int) -> np.ndarray:
     # re-run the graph optimisers, about a second each)
     spec = tf.nest.map_structure(lambda s: tf.TensorSpec([None] * len(s.shape), s.dtype),
                                  batches.element_spec)
-    traced = _FORWARD.setdefault(model, {})
+    # the model traced once and called once per batch inside the function of a pair
+    # (TensorFlow inlines the calls: the same graph); tracing it per batch took longer
+    # (MiniLM, a first call on 4 rows: 1.43 -> 1.16 s, medians of 4; docs/performance.md)
     key = repr(spec)
-    if key not in traced:  # a later call reuses the trace
-        ref = weakref.ref(model)  # the cache must not keep the model alive
-        # the model traced once, called once per batch (TensorFlow inlines the calls: the
-        # same graph); tracing it per batch took longer (MiniLM, a first call on 4 rows:
-        # 1.43 -> 1.16 s, medians of 4; docs/performance.md)
-        one = tf.function(lambda x: ref()(x, training=False), input_signature=[spec],
-                          autograph=False)
-        traced[key] = tf.function(lambda *xs: [one(x) for x in xs],
-                                  input_signature=[spec] * PREDICT_BATCHES_PER_CALL,
-                                  autograph=False)
-    forward = traced[key]
+    one = pipeline.traced_once(model, ("forward", key), lambda m, x: m(x, training=False),
+                               [spec])
+    forward = pipeline.traced_once(model, ("forward pair", key),
+                                   lambda m, *xs: [one(x) for x in xs],
+                                   [spec] * PREDICT_BATCHES_PER_CALL)
     out, group = [], []
     for x in batches:
         group.append(x)
