@@ -27,6 +27,21 @@ def test_encode_and_trim(tiny_bert):
     assert batch["token_ids"].shape == (1, 3)
 
 
+def test_trim_to_longest_cuts_the_token_columns_only():
+    import tensorflow as tf
+
+    mask = tf.constant([[True, True, False, False, False], [True, True, True, False, False]])
+    features = {"token_ids": tf.constant([[5, 6, 0, 0, 0], [5, 7, 8, 0, 0]]),
+                "padding_mask": mask, "segment_ids": tf.zeros([2, 5], tf.int32),
+                "label_weight": tf.ones([2, 5])}  # not a token key: left whole
+    out = pipeline.trim_to_longest(features)
+    assert out["token_ids"].numpy().tolist() == [[5, 6, 0], [5, 7, 8]]
+    assert out["padding_mask"].shape == out["segment_ids"].shape == (2, 3)
+    assert out["label_weight"].shape == (2, 5)
+    empty = pipeline.trim_to_longest({k: v[:0] for k, v in features.items()})
+    assert empty["token_ids"].shape == (0, 1)  # not a negative width
+
+
 @pytest.mark.parametrize("paired", [False, True])
 def test_full_lengths_count_every_row_before_truncation(tiny_bert, paired):
     # rows shorter than, exactly at and longer than the width of 8: each row's length before

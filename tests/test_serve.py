@@ -155,6 +155,22 @@ def test_server_answers_like_tf_serving_and_survives_bad_requests(server, export
     assert status == 404
 
 
+def test_server_answers_without_waiting_for_delayed_acks(exported):
+    # Nagle's algorithm would hold each response's body until the client acknowledged its
+    # headers (~40 ms a request on a kept-alive connection)
+    import socketserver
+
+    from tfsft import serve
+
+    server = serve.make_server(exported[1], port=0)
+    try:
+        handler = server.RequestHandlerClass
+        assert issubclass(handler, socketserver.StreamRequestHandler)
+        assert handler.disable_nagle_algorithm is True  # TCP_NODELAY on each connection
+    finally:
+        server.server_close()
+
+
 def test_saved_model_stores_each_weight_once(exported):
     """keras-team/keras#23553: tracking the model in an ExportArchive stores every weight
     twice; the export must hold exactly the model's parameters."""
@@ -171,3 +187,29 @@ def test_saved_model_stores_each_weight_once(exported):
     params = keras_hub.models.Backbone.from_preset(str(run / "model")).count_params() + sum(
         head[k].size for k in head.files)
     assert stored == params
+
+
+@pytest.mark.parametrize("side", ["right", "left"])
+def test_saved_model_runs_each_request_at_its_longest_row(tiny_bert, tmp_path, side):
+    # a stand-in model that returns the width it was given: right padding is cut to the
+    # request's longest row (max_length 16 here); left padding is left whole
+    import tensorflow as tf
+
+    from tfsft import backbones, export
+
+    _, pre = backbones.load(str(tiny_bert), 16)
+    pre(tf.constant(["build"]))
+    pre.packer.padding_side = side
+
+    def width(features, training=False):
+        ids = features["token_ids"]
+        return tf.fill([tf.shape(ids)[0], 1], tf.cast(tf.shape(ids)[1], tf.float32))
+
+    folder = export.export_saved_model(width, pre, lambda x: {"width": x}, tmp_path / "sm")
+    serve = tf.saved_model.load(str(folder)).signatures["serving_default"]
+    short, longer = ["good"], ["good", "the film was very good and really nice"]
+    lengths = [len(pre.tokenizer(t)) + 2 for t in longer]
+    assert lengths[0] < lengths[1] < 16
+    for texts, expected in ((short, lengths[0]), (longer, lengths[1])):
+        got = serve(text=tf.constant(texts))["width"].numpy()[:, 0].tolist()
+        assert got == [expected if side == "right" else 16] * len(texts)

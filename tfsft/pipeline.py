@@ -116,6 +116,18 @@ def _trim(x, *rest, token_targets: bool = False):
     return _cut(x, rest, longest, token_targets)
 
 
+def trim_to_longest(features: dict) -> dict:
+    """Cut a batch of right-padded token features (a `padding_mask` among them) to its
+    longest row, at least one column: the same outputs for models that mask padding, with
+    work in proportion to the batch's real width (a serving request of one short text
+    padded to `data.max_length` otherwise runs the model on every padding column)."""
+    import tensorflow as tf
+
+    rows = tf.reduce_sum(tf.cast(features["padding_mask"], tf.int32), axis=1)
+    longest = tf.maximum(tf.reduce_max(rows), 1)  # an empty batch reduces to int32's min
+    return {k: v[:, :longest] if k in TOKEN_KEYS else v for k, v in features.items()}
+
+
 def widths(max_length: int) -> list[int]:
     """The batch widths of `static_shapes`: 16, 32, 64, ... below max_length, then it.
 
