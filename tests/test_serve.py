@@ -155,6 +155,34 @@ def test_server_answers_like_tf_serving_and_survives_bad_requests(server, export
     assert status == 404
 
 
+def test_bfloat16_serving_computes_in_bfloat16_or_says_why_not(exported):
+    # the oneDNN pass is a process-wide setting: each precision in a process of its own
+    from tfsft import precision
+
+    _, export = exported
+    code = ("import json, sys\nfrom pathlib import Path\nfrom tfsft import errors, serve\n"
+            "try:\n    sig, labels = serve.load_export(Path(sys.argv[1]), sys.argv[3] == '1')\n"
+            "except errors.UserError as e:\n    print(json.dumps({'error': str(e)}))\n"
+            "    sys.exit(0)\n"
+            "rows = serve.predict_texts(sig, json.loads(sys.argv[2]), labels)\n"
+            "print(json.dumps([r['probabilities'] for r in rows]))\n")
+
+    def probabilities(bfloat16: bool):
+        r = subprocess.run([sys.executable, "-c", code, str(export), json.dumps(TEXTS),
+                            str(int(bfloat16))], env=ENV, cwd=REPO, capture_output=True,
+                           text=True, timeout=600)
+        assert r.returncode == 0, r.stderr[-3000:]
+        return json.loads(r.stdout.strip().splitlines()[-1])
+
+    got = probabilities(True)
+    if not precision.onednn_bf16_native():
+        assert "--bfloat16 needs a CPU with AVX-512" in got["error"]
+        return
+    exact = probabilities(False)  # float32, as exported
+    diffs = [abs(a - b) for g, e in zip(got, exact) for a, b in zip(g, e)]
+    assert 0 < max(diffs) < 0.05  # bfloat16 matmuls: close to float32, not equal to it
+
+
 def test_server_answers_without_waiting_for_delayed_acks(exported):
     # Nagle's algorithm would hold each response's body until the client acknowledged its
     # headers (~40 ms a request on a kept-alive connection)

@@ -39,18 +39,29 @@ def saved_model_dir(folder: Path) -> Path | None:
     return None
 
 
-def load_export(folder: Path):
-    """(serving signature, label names) of an export folder with `saved_model/`."""
+def load_export(folder: Path, bfloat16: bool = False):
+    """(serving signature, label names) of an export folder with `saved_model/`.
+
+    `bfloat16` turns on TensorFlow's oneDNN bfloat16 pass for this process before the
+    signature first runs: its matmuls then run in bfloat16, as `fit` ran them on such CPUs
+    (`precision.py`); the SavedModel itself stays float32."""
     folder = Path(folder)
     saved = saved_model_dir(folder)
     if saved is None:
         raise RunDirError(f"{folder} holds no SavedModel (saved_model/saved_model.pb); "
                           "make one with: tfsft export RUN --format saved_model")
-    from tfsft import quiet
+    from tfsft import precision, quiet
 
+    if bfloat16 and not precision.onednn_bf16_native():
+        raise UserError("--bfloat16 needs a CPU with AVX-512 or AMX (avx512f or "
+                        "avx_ne_convert in /proc/cpuinfo); here TensorFlow would emulate "
+                        "bfloat16, slower than float32: serve without --bfloat16")
     quiet.import_tensorflow_quietly()
     import tensorflow as tf
     import tensorflow_text  # noqa: F401  registers the tokeniser ops the graph uses
+
+    if bfloat16:
+        precision.use_graph_pass("onednn_bfloat16")
 
     signature = tf.saved_model.load(str(saved)).signatures["serving_default"]
     labels_path = (saved.parent if saved != folder else folder) / "labels.json"
@@ -110,8 +121,8 @@ def parse_instances(body: bytes, max_instances: int, max_chars: int) -> list[str
 
 def make_server(folder: Path, host: str = "127.0.0.1", port: int = 8501, name: str = "",
                 max_body: int = MAX_BODY_BYTES, max_instances: int = MAX_INSTANCES,
-                max_chars: int = MAX_TEXT_CHARS) -> ThreadingHTTPServer:
-    signature, labels = load_export(folder)
+                max_chars: int = MAX_TEXT_CHARS, bfloat16: bool = False) -> ThreadingHTTPServer:
+    signature, labels = load_export(folder, bfloat16)
     name = name or Path(folder).resolve().name
     predict_texts(signature, ["warm up"], labels)  # trace and load before the first request
     lock = threading.Lock()

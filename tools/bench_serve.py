@@ -1,6 +1,7 @@
 """Load generator for `tfsft serve`: requests/s and latency percentiles on loopback.
 
     python tools/bench_serve.py runs/sst2/export --batches 1,32 --requests 300 --seconds 60
+    python tools/bench_serve.py runs/sst2/export --bfloat16   # the server's --bfloat16
 
 Starts `python -m tfsft serve EXPORT` on a free loopback port, warms it up, then for each
 batch size sends requests from `--clients` concurrent clients (each waits for its answer
@@ -43,10 +44,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start(export: str, port: int, max_batch: int) -> subprocess.Popen:
+def start(export: str, port: int, max_batch: int, extra: list[str]) -> subprocess.Popen:
     proc = subprocess.Popen([sys.executable, "-m", "tfsft", "serve", export, "--port",
                              str(port), "--name", "bench", "--max-batch", str(max_batch),
-                             "--max-body-bytes", "10000000"],
+                             "--max-body-bytes", "10000000", *extra],
                             cwd=REPO, stderr=subprocess.PIPE, text=True,
                             env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
     while True:
@@ -107,11 +108,12 @@ def main() -> int:
     ap.add_argument("--requests", type=int, default=300, help="per batch size (default 300)")
     ap.add_argument("--seconds", type=float, default=60, help="per batch size (default 60)")
     ap.add_argument("--clients", type=int, default=1, help="concurrent clients (default 1)")
+    ap.add_argument("--bfloat16", action="store_true", help="serve with --bfloat16")
     args = ap.parse_args()
     batches = [int(b) for b in args.batches.split(",")]
     pool = texts()
     port = free_port()
-    proc = start(args.export, port, max(batches))
+    proc = start(args.export, port, max(batches), ["--bfloat16"] if args.bfloat16 else [])
     try:
         for batch in batches:  # warm-up: trace the shapes this batch size produces
             run(port, pool, batch, 10, 30, 1)
