@@ -92,6 +92,23 @@ def test_predict_accepts_an_export_and_the_model_card_is_complete(exported):
     assert manifest["data"]["train"]["sha256"] in card
 
 
+def test_predict_on_an_export_batches_by_length_and_keeps_file_order(exported, tmp_path):
+    from tfsft import serve, workflow
+
+    _, export = exported
+    texts = [t for t in TEXTS if t]
+    assert sorted(texts, key=len) != texts  # the batches are not the file's order
+    path = tmp_path / "in.txt"
+    path.write_text("\n".join(texts) + "\n", encoding="utf-8")
+    rows = list(workflow.predict_export(export, str(path), batch_size=2))
+    assert [r["text"] for r in rows] == texts
+    signature, labels = serve.load_export(export)
+    for text, row in zip(texts, rows):  # each text alone: the same outputs
+        alone = serve.predict_texts(signature, [text], labels)[0]
+        assert row["label"] == alone["label"]
+        assert row["probabilities"] == pytest.approx(alone["probabilities"], abs=1e-5)
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

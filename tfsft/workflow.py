@@ -903,10 +903,17 @@ def predict_export(folder: Path, input_path: str = "-", batch_size: int = 64):
         texts.append(text)
     if problems:
         raise DataError(problems)
-    for start in range(0, len(texts), batch_size):
-        chunk = texts[start:start + batch_size]
-        for text, out in zip(chunk, serve.predict_texts(signature, chunk, labels)):
-            yield {"text": text, **out}
+    # Batches of similar lengths (characters stand in for tokens: the tokenizer is inside
+    # the SavedModel, which runs each batch at its longest text's width), rows in file order
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+    outputs = [None] * len(texts)
+    for start in range(0, len(order), batch_size):
+        chunk = order[start:start + batch_size]
+        rows = serve.predict_texts(signature, [texts[i] for i in chunk], labels)
+        for i, out in zip(chunk, rows):
+            outputs[i] = out
+    for text, out in zip(texts, outputs):
+        yield {"text": text, **out}
 
 
 def export_run(run_dir: Path, out: Path | None, formats: list[str], overwrite: bool = False,
