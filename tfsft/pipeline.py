@@ -125,7 +125,7 @@ def trim_to_longest(features: dict) -> dict:
 
     rows = tf.reduce_sum(tf.cast(features["padding_mask"], tf.int32), axis=1)
     longest = tf.maximum(tf.reduce_max(rows), 1)  # an empty batch reduces to int32's min
-    return {k: v[:, :longest] if k in TOKEN_KEYS else v for k, v in features.items()}
+    return _cut(features, (), longest, token_targets=False)[0]
 
 
 def widths(max_length: int) -> list[int]:
