@@ -8,6 +8,7 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -170,6 +171,109 @@ def test_server_answers_like_tf_serving_and_survives_bad_requests(server, export
         assert status == 200 and data["predictions"] == first, what
     status, _ = request(port, "POST", "/v1/models/other:predict", good)
     assert status == 404
+
+
+def test_concurrent_requests_each_get_their_own_answers(server):
+    port = server
+    bodies = [[t] for t in TEXTS] + [TEXTS[:3], TEXTS[2:5]]
+    alone = []
+    for texts in bodies:  # one at a time: a batch of its own each
+        status, data = request(port, "POST", "/v1/models/toy:predict",
+                               json.dumps({"instances": texts}).encode())
+        assert status == 200
+        alone.append(data["predictions"])
+    together = [None] * len(bodies)
+
+    def send(i):
+        status, data = request(port, "POST", "/v1/models/toy:predict",
+                               json.dumps({"instances": bodies[i]}).encode())
+        together[i] = data["predictions"] if status == 200 else data
+    for _ in range(3):  # all at once, in batches the server makes of whatever queued
+        threads = [threading.Thread(target=send, args=(i,)) for i in range(len(bodies))]
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join()
+        for i, (got, want) in enumerate(zip(together, alone)):
+            assert [r["label"] for r in got] == [r["label"] for r in want], i
+            for g, w in zip(got, want):
+                assert g["probabilities"] == pytest.approx(w["probabilities"], abs=1e-5)
+
+
+def test_batcher_answers_what_queued_during_a_batch_in_the_next_one():
+    from tfsft import serve
+
+    release, calls = threading.Event(), []
+
+    def run(texts):
+        calls.append(list(texts))
+        if len(calls) == 1:
+            release.wait(30)  # the first batch runs while the others queue
+        return [{"text": t, "n": len(texts)} for t in texts]
+
+    batcher = serve.Batcher(run, max_texts=4)
+    answers = {}
+
+    def ask(name, texts):
+        answers[name] = batcher(texts)
+    first = threading.Thread(target=ask, args=("a", ["a1"]))
+    first.start()
+    while not calls:
+        time.sleep(0.01)
+    later = [("b", ["b1", "b2"]), ("c", ["c1"]), ("d", ["d1", "d2", "d3"]), ("e", ["e1"])]
+    threads = []
+    for name, texts in later:  # queued in this order while the first batch runs
+        threads.append(threading.Thread(target=ask, args=(name, texts)))
+        threads[-1].start()
+        while len(batcher._queue) < len(threads):
+            time.sleep(0.01)
+    release.set()
+    for th in [first, *threads]:
+        th.join(30)
+    # in arrival order, at most 4 texts, no request split: [b, c], then [d, e]
+    assert calls == [["a1"], ["b1", "b2", "c1"], ["d1", "d2", "d3", "e1"]]
+    for name, texts in [("a", ["a1"]), *later]:
+        assert [r["text"] for r in answers[name]] == texts
+    assert answers["c"][0]["n"] == 3 and answers["e"][0]["n"] == 4
+
+
+def test_batcher_gives_a_failed_batch_error_to_each_request_and_goes_on():
+    from tfsft import serve
+
+    release, calls = threading.Event(), []
+
+    def run(texts):
+        calls.append(list(texts))
+        if len(calls) == 1:
+            release.wait(30)
+        if "boom" in texts:
+            raise RuntimeError("the model failed")
+        return [{"text": t} for t in texts]
+
+    batcher = serve.Batcher(run, max_texts=8)
+    answers = {}
+
+    def ask(name, texts):
+        try:
+            answers[name] = batcher(texts)
+        except RuntimeError as e:
+            answers[name] = str(e)
+    threads = [threading.Thread(target=ask, args=("first", ["ok"]))]
+    threads[0].start()
+    while not calls:
+        time.sleep(0.01)
+    for name, texts in [("boom", ["boom"]), ("beside", ["x", "y"])]:
+        threads.append(threading.Thread(target=ask, args=(name, texts)))
+        threads[-1].start()
+        while len(batcher._queue) < len(threads) - 1:
+            time.sleep(0.01)
+    release.set()
+    for th in threads:
+        th.join(30)
+    assert calls == [["ok"], ["boom", "x", "y"]]
+    assert answers == {"first": [{"text": "ok"}], "boom": "the model failed",
+                       "beside": "the model failed"}
+    assert batcher(["fine"]) == [{"text": "fine"}]  # the batcher goes on
 
 
 def test_bfloat16_serving_computes_in_bfloat16_or_says_why_not(exported):
