@@ -182,56 +182,82 @@ def test_concurrent_requests_each_get_their_own_answers(server):
                                json.dumps({"instances": texts}).encode())
         assert status == 200
         alone.append(data["predictions"])
-    together = [None] * len(bodies)
 
     def send(i):
         status, data = request(port, "POST", "/v1/models/toy:predict",
                                json.dumps({"instances": bodies[i]}).encode())
         together[i] = data["predictions"] if status == 200 else data
     for _ in range(3):  # all at once, in batches the server makes of whatever queued
+        together = [None] * len(bodies)
         threads = [threading.Thread(target=send, args=(i,)) for i in range(len(bodies))]
-        for th in threads:
-            th.start()
-        for th in threads:
-            th.join()
+        _start_and_join(threads)
         for i, (got, want) in enumerate(zip(together, alone)):
+            assert got is not None, i
             assert [r["label"] for r in got] == [r["label"] for r in want], i
             for g, w in zip(got, want):
                 assert g["probabilities"] == pytest.approx(w["probabilities"], abs=1e-5)
 
 
-def test_batcher_answers_what_queued_during_a_batch_in_the_next_one():
-    from tfsft import serve
+def _until(condition, seconds=30):
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
 
+
+def _start_and_join(threads):
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join(60)
+        assert not th.is_alive()
+
+
+def _held_first_batch(batcher_run):
+    """A `run` for a Batcher whose first batch waits for `release`, so that requests
+    queue behind it; `calls` records each batch's texts."""
     release, calls = threading.Event(), []
 
     def run(texts):
         calls.append(list(texts))
         if len(calls) == 1:
-            release.wait(30)  # the first batch runs while the others queue
-        return [{"text": t, "n": len(texts)} for t in texts]
+            assert release.wait(30)
+        return batcher_run(texts)
+    return run, release, calls
 
+
+def _queue_behind_first(batcher, calls, ask, first, later):
+    """Starts `first`, waits until its batch runs, then queues each of `later` in order."""
+    threads = [threading.Thread(target=ask, args=first)]
+    threads[0].start()
+    _until(lambda: calls)
+    for args in later:
+        threads.append(threading.Thread(target=ask, args=args))
+        threads[-1].start()
+        _until(lambda: batcher.pending() == len(threads) - 1)
+    return threads
+
+
+def test_batcher_answers_what_queued_during_a_batch_in_the_next_one():
+    from tfsft import serve
+
+    run, release, calls = _held_first_batch(
+        lambda texts: [{"text": t, "n": len(texts)} for t in texts])
     batcher = serve.Batcher(run, max_texts=4)
     answers = {}
 
     def ask(name, texts):
         answers[name] = batcher(texts)
-    first = threading.Thread(target=ask, args=("a", ["a1"]))
-    first.start()
-    while not calls:
-        time.sleep(0.01)
-    later = [("b", ["b1", "b2"]), ("c", ["c1"]), ("d", ["d1", "d2", "d3"]), ("e", ["e1"])]
-    threads = []
-    for name, texts in later:  # queued in this order while the first batch runs
-        threads.append(threading.Thread(target=ask, args=(name, texts)))
-        threads[-1].start()
-        while len(batcher._queue) < len(threads):
-            time.sleep(0.01)
+    later = [("b", ["b1", "b2"]), ("c", ["c1"]), ("d", ["d1", "d2", "d3"]), ("e", ["e1"]),
+             ("f", ["f1", "f2", "f3", "f4", "f5"])]
+    threads = _queue_behind_first(batcher, calls, ask, ("a", ["a1"]), later)
     release.set()
-    for th in [first, *threads]:
+    for th in threads:
         th.join(30)
-    # in arrival order, at most 4 texts, no request split: [b, c], then [d, e]
-    assert calls == [["a1"], ["b1", "b2", "c1"], ["d1", "d2", "d3", "e1"]]
+        assert not th.is_alive()
+    # in arrival order, at most 4 texts, no request split; one over the limit alone
+    assert calls == [["a1"], ["b1", "b2", "c1"], ["d1", "d2", "d3", "e1"],
+                     ["f1", "f2", "f3", "f4", "f5"]]
     for name, texts in [("a", ["a1"]), *later]:
         assert [r["text"] for r in answers[name]] == texts
     assert answers["c"][0]["n"] == 3 and answers["e"][0]["n"] == 4
@@ -240,16 +266,14 @@ def test_batcher_answers_what_queued_during_a_batch_in_the_next_one():
 def test_batcher_gives_a_failed_batch_error_to_each_request_and_goes_on():
     from tfsft import serve
 
-    release, calls = threading.Event(), []
-
-    def run(texts):
-        calls.append(list(texts))
-        if len(calls) == 1:
-            release.wait(30)
+    def model(texts):
         if "boom" in texts:
             raise RuntimeError("the model failed")
+        if "short" in texts:
+            return [{"text": "one row only"}]
         return [{"text": t} for t in texts]
 
+    run, release, calls = _held_first_batch(model)
     batcher = serve.Batcher(run, max_texts=8)
     answers = {}
 
@@ -258,22 +282,21 @@ def test_batcher_gives_a_failed_batch_error_to_each_request_and_goes_on():
             answers[name] = batcher(texts)
         except RuntimeError as e:
             answers[name] = str(e)
-    threads = [threading.Thread(target=ask, args=("first", ["ok"]))]
-    threads[0].start()
-    while not calls:
-        time.sleep(0.01)
-    for name, texts in [("boom", ["boom"]), ("beside", ["x", "y"])]:
-        threads.append(threading.Thread(target=ask, args=(name, texts)))
-        threads[-1].start()
-        while len(batcher._queue) < len(threads) - 1:
-            time.sleep(0.01)
+    threads = _queue_behind_first(batcher, calls, ask, ("first", ["ok"]),
+                                  [("boom", ["boom"]), ("beside", ["x", "y"])])
     release.set()
     for th in threads:
         th.join(30)
+        assert not th.is_alive()
     assert calls == [["ok"], ["boom", "x", "y"]]
     assert answers == {"first": [{"text": "ok"}], "boom": "the model failed",
                        "beside": "the model failed"}
+    with pytest.raises(RuntimeError, match="1 rows for 2 texts"):
+        batcher(["short", "z"])  # rows that do not match the texts are an error, not a 200
     assert batcher(["fine"]) == [{"text": "fine"}]  # the batcher goes on
+    batcher.close()
+    with pytest.raises(RuntimeError, match="shutting down"):
+        batcher(["late"])
 
 
 def test_bfloat16_serving_computes_in_bfloat16_or_says_why_not(exported):

@@ -7,7 +7,7 @@
 Binds to 127.0.0.1 by default. Requests are bounded (body bytes, instances per request,
 characters per text); anything malformed gets a 400 with an `error` message, and the
 server keeps serving. Requests that arrive while a batch runs are answered together by the
-next one (`Batcher`), up to 64 texts (or one request's `--max-batch`, if more).
+next one (`Batcher`), up to 64 texts.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import sys
 import threading
+from collections import deque
 from concurrent.futures import Future
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -125,48 +126,80 @@ def parse_instances(body: bytes, max_instances: int, max_chars: int) -> list[str
 class Batcher:
     """One thread runs `run(texts) -> rows` for every request, one batch at a time; the
     requests that queued while a batch ran go together into the next (in arrival order,
-    up to `max_texts` texts; a request is never split). Nothing waits for a batch to
-    fill: one client alone is answered as soon as its batch runs, concurrent clients share
-    batches. A text's outputs do not depend on its batch (each batch is cut to its longest
-    text and the padding is masked), up to float rounding. On 2 cores a batch of 8 SST-2
-    texts takes ~28 ms against ~6.5 ms for one (docs/performance.md)."""
+    up to `max_texts` texts; a request is never split, and one over the limit runs
+    alone). Nothing waits for a batch to fill: one client alone is answered as soon as its
+    batch runs, concurrent clients share batches. Each batch is cut to its longest text and
+    the padding is masked, so a text's outputs do not depend on its batch beyond rounding
+    (float32: within 1e-6 on SST-2; `--bfloat16` rounds more). On 2 cores a batch of 8
+    SST-2 texts takes ~28 ms against ~6.5 ms for one (docs/performance.md). Whatever goes
+    wrong in a batch is raised in each of its requests, and the thread goes on."""
 
     def __init__(self, run, max_texts: int):
         self._run, self._max = run, max_texts
-        self._queue: list[tuple[list[str], Future]] = []
+        self._queue: deque[tuple[list[str], Future]] = deque()
         self._ready = threading.Condition()
+        self._closed = False
         threading.Thread(target=self._loop, name="tfsft-batcher", daemon=True).start()
 
     def __call__(self, texts: list[str]) -> list[dict]:
         future: Future = Future()
         with self._ready:
+            if self._closed:
+                raise RuntimeError("the server is shutting down")
             self._queue.append((texts, future))
             self._ready.notify()
         return future.result()
 
+    def pending(self) -> int:
+        """Requests waiting for a batch."""
+        with self._ready:
+            return len(self._queue)
+
+    def close(self) -> None:
+        """Stops the thread after its batch; requests still queued get an error."""
+        with self._ready:
+            self._closed = True
+            self._ready.notify()
+
     def _next(self) -> list[tuple[list[str], Future]]:
         with self._ready:
-            while not self._queue:
+            while not self._queue and not self._closed:
                 self._ready.wait()
+            if self._closed:
+                for _, future in self._queue:
+                    future.set_exception(RuntimeError("the server is shutting down"))
+                self._queue.clear()
+                return []
             taken, n = [], 0
             while self._queue and (not taken or n + len(self._queue[0][0]) <= self._max):
-                taken.append(self._queue.pop(0))
+                taken.append(self._queue.popleft())
                 n += len(taken[-1][0])
             return taken
 
     def _loop(self) -> None:
-        while True:
-            taken = self._next()
+        while taken := self._next():
             try:
                 rows = self._run([text for texts, _ in taken for text in texts])
-            except Exception as e:  # every request of the batch gets the error
+                if len(rows) != sum(len(texts) for texts, _ in taken):
+                    raise RuntimeError(f"the model answered {len(rows)} rows for "
+                                       f"{sum(len(texts) for texts, _ in taken)} texts")
+                start = 0
+                for texts, future in taken:
+                    future.set_result(rows[start:start + len(texts)])
+                    start += len(texts)
+            except BaseException as e:  # every request of the batch gets the error
                 for _, future in taken:
-                    future.set_exception(e)
-                continue
-            start = 0
-            for texts, future in taken:
-                future.set_result(rows[start:start + len(texts)])
-                start += len(texts)
+                    if not future.done():
+                        future.set_exception(e)
+
+
+class _Server(ThreadingHTTPServer):
+    batcher: Batcher | None = None
+
+    def server_close(self) -> None:
+        super().server_close()
+        if self.batcher is not None:
+            self.batcher.close()
 
 
 def make_server(folder: Path, host: str = "127.0.0.1", port: int = 8501, name: str = "",
@@ -175,8 +208,7 @@ def make_server(folder: Path, host: str = "127.0.0.1", port: int = 8501, name: s
     signature, labels = load_export(folder, bfloat16)
     name = name or Path(folder).resolve().name
     predict_texts(signature, ["warm up"], labels)  # trace and load before the first request
-    batcher = Batcher(lambda texts: predict_texts(signature, texts, labels),
-                      max(BATCH_TEXTS, max_instances))
+    batcher = Batcher(lambda texts: predict_texts(signature, texts, labels), BATCH_TEXTS)
 
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
@@ -238,10 +270,11 @@ def make_server(folder: Path, host: str = "127.0.0.1", port: int = 8501, name: s
                 self.rfile.read(length)
 
     try:
-        server = ThreadingHTTPServer((host, port), Handler)
+        server = _Server((host, port), Handler)
     except OSError as e:
         raise UserError(f"cannot listen on {host}:{port}: {e.strerror or e}; choose another "
                         "--port") from None
     server.daemon_threads = True
+    server.batcher = batcher
     server.model_name = name
     return server
