@@ -179,10 +179,11 @@ class Batcher:
     def _loop(self) -> None:
         while taken := self._next():
             try:
-                rows = self._run([text for texts, _ in taken for text in texts])
-                if len(rows) != sum(len(texts) for texts, _ in taken):
+                batch = [text for texts, _ in taken for text in texts]
+                rows = self._run(batch)
+                if len(rows) != len(batch):
                     raise RuntimeError(f"the model answered {len(rows)} rows for "
-                                       f"{sum(len(texts) for texts, _ in taken)} texts")
+                                       f"{len(batch)} texts")
                 start = 0
                 for texts, future in taken:
                     future.set_result(rows[start:start + len(texts)])
@@ -272,6 +273,7 @@ def make_server(folder: Path, host: str = "127.0.0.1", port: int = 8501, name: s
     try:
         server = _Server((host, port), Handler)
     except OSError as e:
+        batcher.close()
         raise UserError(f"cannot listen on {host}:{port}: {e.strerror or e}; choose another "
                         "--port") from None
     server.daemon_threads = True
