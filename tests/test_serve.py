@@ -190,7 +190,9 @@ def test_concurrent_requests_each_get_their_own_answers(server):
     for _ in range(3):  # all at once, in batches the server makes of whatever queued
         together = [None] * len(bodies)
         threads = [threading.Thread(target=send, args=(i,)) for i in range(len(bodies))]
-        _start_and_join(threads)
+        for th in threads:
+            th.start()
+        _join(threads)
         for i, (got, want) in enumerate(zip(together, alone)):
             assert got is not None, i
             assert [r["label"] for r in got] == [r["label"] for r in want], i
@@ -205,9 +207,7 @@ def _until(condition, seconds=30):
         time.sleep(0.01)
 
 
-def _start_and_join(threads):
-    for th in threads:
-        th.start()
+def _join(threads):
     for th in threads:
         th.join(60)
         assert not th.is_alive()
@@ -252,9 +252,7 @@ def test_batcher_answers_what_queued_during_a_batch_in_the_next_one():
              ("f", ["f1", "f2", "f3", "f4", "f5"])]
     threads = _queue_behind_first(batcher, calls, ask, ("a", ["a1"]), later)
     release.set()
-    for th in threads:
-        th.join(30)
-        assert not th.is_alive()
+    _join(threads)
     # in arrival order, at most 4 texts, no request split; one over the limit alone
     assert calls == [["a1"], ["b1", "b2", "c1"], ["d1", "d2", "d3", "e1"],
                      ["f1", "f2", "f3", "f4", "f5"]]
@@ -285,9 +283,7 @@ def test_batcher_gives_a_failed_batch_error_to_each_request_and_goes_on():
     threads = _queue_behind_first(batcher, calls, ask, ("first", ["ok"]),
                                   [("boom", ["boom"]), ("beside", ["x", "y"])])
     release.set()
-    for th in threads:
-        th.join(30)
-        assert not th.is_alive()
+    _join(threads)
     assert calls == [["ok"], ["boom", "x", "y"]]
     assert answers == {"first": [{"text": "ok"}], "boom": "the model failed",
                        "beside": "the model failed"}
