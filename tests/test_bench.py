@@ -75,3 +75,16 @@ def test_model_flops_count_only_the_work_a_step_runs(freeze, freeze_layers, lora
     }[(freeze, freeze_layers, lora)]
     flops = _bench_module().model_flops(backbone)
     assert flops(tokens, width) == tokens * sum(expected)
+
+
+def test_peer_window_needs_enough_rows_for_warmup_and_steps(tmp_path):
+    bench = _bench_module()
+    data = tmp_path / "train.tsv"
+    data.write_text("sentence\tlabel\n" + "".join(f"row {i}\t1\n" for i in range(100)))
+    assert bench.peer_window_error(str(data), 0, 10, 4, 6) is None  # 10 batches, all timed
+    assert bench.peer_window_error(str(data), 50, 10, 2, 3) is None
+    short = bench.peer_window_error(str(data), 50, 10, 3, 3)  # 5 batches, 6 asked for
+    assert "50 rows fill 5 batches of 10" in short and "data.limit=60 or more" in short
+    over = bench.peer_window_error(str(data), 0, 10, 5, 6)  # more than the file holds
+    assert f"{data} has 100 rows: lower --warmup or --steps" in over
+    assert "not a file" in bench.peer_window_error("tfds:glue/sst2", 0, 10, 1, 1)

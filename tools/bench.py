@@ -207,6 +207,26 @@ def peer(args, cfg, launcher, mode: str, prec: str, padding: str) -> dict:
     return {**row, "tool": "peer", "what": mode, "precision": f"{prec} {padding}"}
 
 
+def peer_window_error(train: str, limit: int, batch: int, warmup: int,
+                      steps: int) -> str | None:
+    """Why hf_peer.py cannot time `steps` batches after `warmup` on these rows, or None.
+    It makes one pass over the rows (no repeat): asked for more batches than they fill, it
+    would time fewer batches than tfsft does, or none and fail with a ZeroDivisionError."""
+    if not Path(train).is_file():
+        return f"the peer reads a TSV file; data.train is {train!r}, not a file"
+    with open(train, encoding="utf-8") as f:
+        total = sum(1 for _ in f) - 1  # a header line, then a row a line (as hf_peer reads)
+    rows = min(total, limit) if limit else total
+    if warmup + steps <= -(-rows // batch):
+        return None
+    need = (warmup + steps) * batch
+    fix = (f"set data.limit={need} or more, or lower" if need <= total
+           else f"{train} has {total} rows: lower")
+    return (f"the peer (hf_peer.py) makes one pass over its rows, and {rows} rows fill "
+            f"{-(-rows // batch)} batches of {batch}, fewer than --warmup {warmup} + --steps "
+            f"{steps}: {fix} --warmup or --steps")
+
+
 def ours(args, launcher) -> list[dict]:
     """One repeat of measure() in a process of its own, like the peer's: every repeat
     counts its own imports in the time to first step, and its own peak RSS (in one process,
@@ -299,6 +319,11 @@ def main() -> int:
     cfg = workflow.load_task_and_config(args.task, args.config, args.overrides)[2]
     if args.peer and not PEER.exists():
         raise SystemExit(f"{PEER} not found: the peer needs ../shared beside the checkout")
+    if args.peer:
+        problem = peer_window_error(cfg.data.train, cfg.data.limit, cfg.train.global_batch_size,
+                                    args.warmup, args.steps)
+        if problem:
+            raise SystemExit(f"bench.py: {problem}")
     rows = []
 
     def emit(new):
