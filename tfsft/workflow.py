@@ -470,8 +470,7 @@ def resumable_run(task, cfg, output: str | None, check_lock: bool = True) -> Pat
     if output:
         candidates = [Path(output)]
     else:
-        root = runs.default_dir(task.name).parent
-        candidates = sorted(root.glob(f"{task.name}-*"), reverse=True)[:1]
+        candidates = runs.default_dirs(task.name)[:1]
     for run_dir in candidates:
         if not (run_dir / RESUME_FILE).exists() or not runs.is_run(run_dir):
             continue
@@ -605,6 +604,7 @@ def _train_and_evaluate(task, cfg, splits: Splits, prepared: Prepared, run_dir: 
         return {}
     if save_model:
         export.save_final(model, prepared.backbone, prepared.preprocessor, run_dir / "model")
+    training.discard_checkpoints(run_dir)  # only now: a failed save can still resume
     metrics = {}
     for split in ("validation", "test"):
         if split in encoded:
