@@ -40,13 +40,17 @@ def test_folder_without_task_py(tmp_path):
         tasks.resolve("nosuch", search=(REPO / "tasks",))
 
 
-def test_a_bare_name_never_imports_a_folder_from_the_current_directory(tmp_path):
+def test_a_bare_name_never_imports_a_folder_from_the_current_directory(tmp_path,
+                                                                       monkeypatch):
     folder = tmp_path / "tasks" / "trojan"
     folder.mkdir(parents=True)
     marker = tmp_path / "ran"
     (folder / "task.py").write_text(f"open({str(marker)!r}, 'w').close()\n")
     with pytest.raises(PluginError, match="name it as a path"):
         tasks.resolve("trojan", search=(tmp_path / "tasks",))
+    monkeypatch.chdir(tmp_path / "tasks")  # the folder right here: still only a suggestion
+    with pytest.raises(PluginError, match=r"name it as a path: tfsft \.\.\. \./trojan"):
+        tasks.resolve("trojan", search=())
     assert not marker.exists()
     with pytest.raises(PluginError, match="defines no module-level TASK"):
         tasks.resolve(str(folder))  # named as a path: the user asked for it

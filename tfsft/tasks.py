@@ -148,12 +148,13 @@ def resolve(spec: str, search: tuple[Path, ...] = (Path("tasks"),)):
     `./mytask`) or from an installed entry point: a bare name never imports a folder found
     in the current directory, it only suggests the path."""
     path = Path(spec)
-    if path.exists() or "/" in spec or spec.startswith("."):
+    if "/" in spec or spec.startswith("."):
         return load_task(path), path.resolve()
     eps = installed_tasks()
     if spec in eps:
         return verify(eps[spec].load(), f"entry point {spec!r}"), None
-    nearby = [root / spec for root in search if (root / spec / "task.py").is_file()]
+    nearby = [f"./{spec}"] if (path / "task.py").is_file() else []
+    nearby += [str(root / spec) for root in search if (root / spec / "task.py").is_file()]
     if nearby:
         raise PluginError(f"no installed task {spec!r}; to run the task folder {nearby[0]}, "
                           f"name it as a path: tfsft ... {nearby[0]}")
