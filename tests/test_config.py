@@ -110,6 +110,19 @@ def test_reference_lists_every_key(cls_task):
     assert all(r[3] for r in rows if r[0].split(".")[0] != "task"), "a key lacks its comment"
 
 
+def test_reference_comments_are_read_as_python_reads_them():
+    source = (
+        "class Example:\n"
+        "    prompt: str = \"### Q:\\n{q}\"  # Alpaca\n"
+        "    longer: str = (\"# not a comment\"\n"
+        "                   \"more\")  # the comment of the last line\n"
+        "    # a comment line of its own belongs to no key\n"
+        "    plain: int = 0\n"
+        "    hashed: str = \"a#b\"\n")
+    assert c._field_comments(source) == {"prompt": "Alpaca",
+                                         "longer": "the comment of the last line"}
+
+
 def test_readme_config_reference_is_current(cls_task):
     """The README's reference is exactly what the dataclasses generate (docs stay true).
     Fix with: python tools/config_reference.py --write"""

@@ -442,17 +442,39 @@ def reference(classes: dict[str, type]) -> list[tuple[str, str, Any, str]]:
     rows = []
     for section, cls in classes.items():
         # comments of inherited fields come from the base class (the class's own win)
-        src = [line for c in reversed(cls.__mro__) if dataclasses.is_dataclass(c)
-               for line in inspect.getsource(c).splitlines()]
+        comments = {}
+        for c in reversed(cls.__mro__):
+            if dataclasses.is_dataclass(c):
+                comments.update(_field_comments(inspect.getsource(c)))
         hints = typing.get_type_hints(cls)
         for f in dataclasses.fields(cls):
-            comment = ""
-            for line in src:
-                if line.strip().startswith(f"{f.name}:") and "#" in line:
-                    comment = line.split("#", 1)[1].strip()
             default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-            rows.append((f"{section}.{f.name}", _type_text(hints[f.name]), default, comment))
+            rows.append((f"{section}.{f.name}", _type_text(hints[f.name]), default,
+                         comments.get(f.name, "")))
     return rows
+
+
+def _field_comments(source: str) -> dict[str, str]:
+    """{field: the comment ending its line} of a class body's `name: type = ...` lines,
+    read with Python's tokenizer: a `#` inside a string is not a comment, and the comment of
+    a statement that spans lines is the one on its last line."""
+    import io
+    import textwrap
+    import tokenize
+
+    out, line = {}, []
+    for tok in tokenize.generate_tokens(io.StringIO(textwrap.dedent(source)).readline):
+        if tok.type == tokenize.NEWLINE:  # the end of a statement
+            code = [t for t in line if t.type != tokenize.COMMENT]
+            notes = [t.string for t in line if t.type == tokenize.COMMENT]
+            if notes and len(code) > 1 and code[0].type == tokenize.NAME \
+                    and code[1].string == ":":
+                out[code[0].string] = notes[-1].lstrip("#").strip()
+            line = []
+        elif tok.type not in (tokenize.NL, tokenize.INDENT, tokenize.DEDENT) and (
+                line or tok.type != tokenize.COMMENT):  # not a comment on a line of its own
+            line.append(tok)
+    return out
 
 
 def _type_text(hint: Any) -> str:
