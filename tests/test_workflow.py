@@ -150,6 +150,9 @@ def test_resume_looks_at_the_tasks_runs_not_its_tune_folder(tmp_path, monkeypatc
 
 def test_a_failed_model_save_keeps_the_checkpoints_to_resume_from(tiny_bert, tmp_path,
                                                                   monkeypatch, capsys):
+    import json
+
+    import tensorflow as tf
     from conftest import write_sentiment_tsv
 
     from tfsft import export
@@ -172,3 +175,10 @@ def test_a_failed_model_save_keeps_the_checkpoints_to_resume_from(tiny_bert, tmp
     workflow.fit("tasks/sentiment", [], overrides, output=str(out), verbose=0)
     assert "(resuming it)" in capsys.readouterr().err
     assert (out / "model").is_dir() and not (out / "checkpoints").exists()
+    # the second epoch ran again: its history line and scalars are there once
+    epochs = [json.loads(x)["epoch"] for x in (out / "history.jsonl").read_text().splitlines()]
+    assert epochs == [1, 2]
+    for writer in ("train", "validation"):
+        seen = [(v.tag, e.step) for f in (out / "tensorboard" / writer).glob("events.*")
+                for e in tf.compat.v1.train.summary_iterator(str(f)) for v in e.summary.value]
+        assert seen and len(seen) == len(set(seen)), writer

@@ -23,9 +23,13 @@ class Log:
         self.history: list[dict] = []  # one row per finished epoch
         self.pending: list[list] = []  # [writer, tag, step, value] not yet on disk
         self._writers: dict = {}
+        self._on_disk: dict = {}  # {(writer, tag): highest step} in the files at a restart
 
     def scalar(self, writer: str, tag: str, step: int, value: float) -> None:
-        self.pending.append([writer, tag, int(step), float(value)])
+        # a step the event files hold already: written after the checkpoint resumed from
+        # (the last epoch's, when saving the model failed); the rerun's value is the same
+        if int(step) > self._on_disk.get((writer, tag), -1):
+            self.pending.append([writer, tag, int(step), float(value)])
 
     def epoch(self, epoch: int, logs: dict) -> None:
         self.history.append({"epoch": epoch, **{k: float(v) for k, v in logs.items()}})
@@ -43,9 +47,9 @@ class Log:
     def restore(self, state: dict) -> None:
         """Take the logs of a checkpoint, minus what the event files on disk already hold."""
         self.history = list(state["history"])
-        written = logged_steps(self.run_dir / "tensorboard")
+        self._on_disk = logged_steps(self.run_dir / "tensorboard")
         self.pending = [r for r in state["pending"]
-                        if r[2] > written.get((r[0], r[1]), -1)]
+                        if r[2] > self._on_disk.get((r[0], r[1]), -1)]
 
     def flush(self) -> None:
         """Write pending scalars and the whole history (atomically)."""
