@@ -73,8 +73,9 @@ def main(argv=None) -> int:
                                                  indent=2))
     tmp.rename(out)
     print(f"wrote {out}: GPT-2 with {backbone.count_params():,} parameters (random init), "
-          f"vocabulary {len(vocab)}; use it with: tfsft fit tasks/translation "
-          f"model.backbone={out}", file=sys.stderr)
+          f"vocabulary {len(vocab)}, positions {args.max_length}; use it with: tfsft fit "
+          f"tasks/translation (or tasks/instruction) model.backbone={out} "
+          f"data.max_length={args.max_length}", file=sys.stderr)
     return 0
 
 
