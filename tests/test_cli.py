@@ -163,6 +163,20 @@ def test_export_reloads_and_agrees(family, request, tmp_path, toy_data):
         np.testing.assert_allclose(raw, ref, atol=1e-4)
     else:
         assert (tmp_path / "exp" / "preset" / "head.npz").exists()
+        return
+    # --overwrite replaces an export whole (nothing of the old one stays), and only an export
+    (tmp_path / "exp" / "stale.txt").write_text("old")
+    r = run_cli("export", out, "--out", tmp_path / "exp", "--format", "keras", "--overwrite")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert sorted(p.name for p in (tmp_path / "exp").iterdir()) == [
+        "README.md", "export.json", "labels.json", "model.keras"]
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".exp.")]
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep")
+    r = run_cli("export", out, "--out", mine, "--overwrite")
+    assert r.returncode == 2 and "not a tfsft export" in r.stderr, r.stderr[-3000:]
+    assert [p.name for p in mine.iterdir()] == ["notes.txt"]
 
 
 def test_lora_and_freezing_runs_evaluate_after_reload(tiny_bert, tmp_path, toy_data):
@@ -193,6 +207,25 @@ def test_predict_input_files(tmp_path):
     bad.write_text('{"text": "a"}\n{oops\n')
     with pytest.raises(Exception, match="bad.txt:2: not valid JSON"):
         workflow.read_predict_input(str(bad))
+
+
+def test_predict_never_loses_an_existing_output_file(tmp_path):
+    texts, earlier = tmp_path / "in.txt", tmp_path / "preds.jsonl"
+    texts.write_text("good\n")
+    earlier.write_text('{"kept": 1}\n')
+    r = run_cli("predict", tmp_path / "no-run", "--input", texts, "--output", earlier)
+    assert r.returncode == 2 and "already exists; pass --overwrite" in r.stderr
+    # with --overwrite, a run that fails leaves the earlier file as it was
+    r = run_cli("predict", tmp_path / "no-run", "--input", texts, "--output", earlier,
+                "--overwrite")
+    assert r.returncode == 2 and "does not exist" in r.stderr, r.stderr[-2000:]
+    assert earlier.read_text() == '{"kept": 1}\n' and sorted(tmp_path.iterdir()) == [
+        texts, earlier]
+    r = run_cli("predict", tmp_path / "no-run", "--input", texts, "--output", tmp_path)
+    assert r.returncode == 2 and "is a folder" in r.stderr
+    r = run_cli("predict", tmp_path / "no-run", "--input", texts, "--output",
+                tmp_path / "nowhere" / "p.jsonl")
+    assert r.returncode == 2 and "does not exist; create it" in r.stderr
 
 
 def test_monitor_typo_is_a_config_error_before_any_write(tiny_bert, tmp_path, toy_data):

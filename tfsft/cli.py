@@ -188,6 +188,8 @@ def parser() -> argparse.ArgumentParser:
         if name == "predict":
             p.add_argument("--input", default="-", help="file or - for stdin (default)")
             p.add_argument("--output", default="-", help="JSONL file or - for stdout (default)")
+            p.add_argument("--overwrite", action="store_true",
+                           help="replace an existing --output file")
         if name == "export":
             p.add_argument("--out", help="export folder (default RUN/export)")
             p.add_argument("--format", default="saved_model,keras,preset",
@@ -384,21 +386,45 @@ def cmd_evaluate(args) -> int:
 def cmd_predict(args) -> int:
     from tfsft import serve, workflow
 
+    if args.output != "-":
+        _check_predict_output(Path(args.output), args.input, args.overwrite)
     if serve.saved_model_dir(Path(args.run)) is not None:
         rows = workflow.predict_export(Path(args.run), args.input)
     else:
         rows = workflow.predict(args.run, args.input, args.config, args.overrides)
-    if args.output != "-" and args.input != "-" and os.path.exists(args.output) and \
-            os.path.samefile(args.input, args.output):
-        raise UserError(f"--output {args.output} is the input file; choose another output")
-    out = sys.stdout if args.output == "-" else open(args.output, "w", encoding="utf-8")
-    try:
+    if args.output == "-":
         for row in rows:
-            out.write(json.dumps(row, ensure_ascii=False) + "\n")
+            sys.stdout.write(json.dumps(row, ensure_ascii=False) + "\n")
+        return 0
+    # written beside the output and renamed over it at the end: a failure leaves an
+    # earlier file of that name as it was
+    target = Path(args.output)
+    part = target.with_name(f".{target.name}.part-{os.getpid()}")
+    try:
+        with open(part, "w", encoding="utf-8") as out:
+            for row in rows:
+                out.write(json.dumps(row, ensure_ascii=False) + "\n")
+        os.replace(part, target)
     finally:
-        if out is not sys.stdout:
-            out.close()
+        part.unlink(missing_ok=True)
     return 0
+
+
+def _check_predict_output(target: Path, source: str, overwrite: bool) -> None:
+    """Refuse, before any work, an --output that cannot be written or would replace a file
+    (the input, or any without --overwrite)."""
+    if target.is_dir():
+        raise UserError(f"--output {target} is a folder; name a file (e.g. {target}/"
+                        "predictions.jsonl)")
+    if not target.parent.is_dir():
+        raise UserError(f"--output {target}: the folder {target.parent} does not exist; "
+                        "create it or choose another output")
+    if target.exists():
+        if source != "-" and Path(source).exists() and os.path.samefile(source, target):
+            raise UserError(f"--output {target} is the input file; choose another output")
+        if not overwrite:
+            raise UserError(f"--output {target} already exists; pass --overwrite to replace "
+                            "it, or choose another output")
 
 
 def cmd_serve(args) -> int:

@@ -923,8 +923,15 @@ def export_run(run_dir: Path, out: Path | None, formats: list[str], overwrite: b
 
     task, cfg, label_names, model, preprocessor = load_run(run_dir, config_files, overrides)
     out = Path(out) if out else Path(run_dir) / "export"
-    if out.exists() and any(out.iterdir()) and not overwrite:
+    if out.exists() and not out.is_dir():
+        raise RunDirError(f"--out {out} is a file; choose another --out")
+    replacing = out.exists() and any(out.iterdir())
+    if replacing and not overwrite:
         raise ConfigError(f"{out} exists and is not empty; choose --out or pass --overwrite")
+    if replacing and not (out / "export.json").is_file():
+        raise RunDirError(f"{out} is not a tfsft export (it has no export.json), and "
+                          "--overwrite replaces only an export; move it away or choose "
+                          "another --out")
     if "saved_model" in formats:
         if not hasattr(task, "serving_outputs"):
             raise ConfigError(f"task {task.name!r} does not define serving outputs; export it "
@@ -934,26 +941,28 @@ def export_run(run_dir: Path, out: Path | None, formats: list[str], overwrite: b
                               "models (`task.text_pair_field`) export with --format keras,preset")
     written = []
     with runs.locked(Path(run_dir)):  # no fit may replace the run while it is exported
-        out.mkdir(parents=True, exist_ok=True)
-        if "saved_model" in formats:
-            written.append(export.export_saved_model(
-                model, preprocessor,
-                lambda logits: task.serving_outputs(cfg.task, label_names, logits),
-                out / "saved_model"))
-        if "keras" in formats:
-            written.append(export.export_keras(model, out / "model.keras"))
-        if "preset" in formats:
-            written.append(export.export_preset(model, model_backbone(model), preprocessor,
-                                                out / "preset"))
-        runs.write_json(out / "labels.json", label_names)
-        runs.write_json(out / "export.json", {"task": task.name, "formats": formats,
-                                              "run": str(Path(run_dir).resolve()),
-                                              "max_length": cfg.data.max_length})
-        card = out / "README.md"
-        runs.write_text(card, modelcard.render(Path(run_dir), task.name, cfg, label_names,
-                                               written))
-        written.append(card)
-    return written
+        # written beside `out`, then swapped in: an old export is replaced whole (never
+        # mixed with the new one's files), and only once the new one is complete
+        with runs.replaced_folder(out) as work:
+            if "saved_model" in formats:
+                written.append(export.export_saved_model(
+                    model, preprocessor,
+                    lambda logits: task.serving_outputs(cfg.task, label_names, logits),
+                    work / "saved_model"))
+            if "keras" in formats:
+                written.append(export.export_keras(model, work / "model.keras"))
+            if "preset" in formats:
+                written.append(export.export_preset(model, model_backbone(model),
+                                                    preprocessor, work / "preset"))
+            runs.write_json(work / "labels.json", label_names)
+            runs.write_json(work / "export.json", {"task": task.name, "formats": formats,
+                                                   "run": str(Path(run_dir).resolve()),
+                                                   "max_length": cfg.data.max_length})
+            card = work / "README.md"
+            runs.write_text(card, modelcard.render(Path(run_dir), task.name, cfg,
+                                                   label_names, written))
+            written.append(card)
+    return [out / p.relative_to(work) for p in written]
 
 
 def model_backbone(model):
