@@ -71,13 +71,17 @@ def test_data_inspect_command_writes_json_and_histogram(tmp_path, tiny_bert):
     dev = tmp_path / "dev.tsv"
     dev.write_text("text\tlabel\n" + "".join(f"{t}\t{lb}\n" for t, lb in zip(VALID.texts,
                                                                             VALID.labels)))
-    r = subprocess.run([sys.executable, "-m", "tfsft", "data", "inspect", "tasks/sentiment",
-                        f"model.backbone={tiny_bert}", f"data.train={train}",
-                        f"data.validation={dev}", "task.labels=[neg, pos]",
-                        "data.max_length=8", "--out", str(tmp_path / "rep")],
-                       cwd=REPO, capture_output=True, text=True, timeout=600,
+    cmd = [sys.executable, "-m", "tfsft", "data", "inspect", "tasks/sentiment",
+           f"model.backbone={tiny_bert}", f"data.train={train}", f"data.validation={dev}",
+           "task.labels=[neg, pos]", "data.max_length=8", "--out", str(tmp_path / "rep")]
+    r = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600,
                        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
     assert r.returncode == 0, r.stderr[-3000:]
+    first = (tmp_path / "rep" / "inspect.json").read_bytes()
+    again = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600,
+                           env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+    assert again.returncode == 2 and "pass --overwrite" in again.stderr, again.stderr[-3000:]
+    assert (tmp_path / "rep" / "inspect.json").read_bytes() == first
     assert "leakage validation -> train: 1 exact, 1 near" in r.stdout
     report = json.loads((tmp_path / "rep" / "inspect.json").read_text())
     assert report["splits"]["train"]["conflicting_labels"]["texts"] == 1

@@ -59,6 +59,12 @@ def test_split_is_deterministic_and_never_overwrites(tmp_path, capsys):
                      "--out", str(tmp_path / "a")]) == 2
     assert "pass --overwrite" in capsys.readouterr().err
     assert (tmp_path / "a" / "train.tsv").read_text() == before
+    # the file being split is never a target, even with --overwrite
+    source = (tmp_path / "a" / "train.tsv")
+    assert cli.main(["data", "split", str(source), "--out", str(tmp_path / "a"),
+                     "--overwrite"]) == 2
+    assert "is the file being split" in capsys.readouterr().err
+    assert source.read_text() == before
 
 
 @pytest.mark.parametrize("ratios", ["0.8,0.3", "1", "0.5,0.2,0.2,0.1", "a,b", "0,0.5,0.5"])

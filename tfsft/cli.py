@@ -173,7 +173,7 @@ def parser() -> argparse.ArgumentParser:
             p.add_argument("--quoting", choices=["none", "csv"], default="none",
                            help="split: TSV quoting, as data.quoting")
             p.add_argument("--overwrite", action="store_true",
-                           help="split, clean: replace existing output files")
+                           help="inspect, split, clean: replace existing output files")
         if name == "tune":
             p.add_argument("--output", help="search directory (default runs/<task>-tune)")
             p.add_argument("--overwrite", action="store_true",
@@ -297,6 +297,15 @@ def cmd_data(args) -> int:
             print(f"wrote {info['path']} ({info['rows']} rows)", file=sys.stderr)
         print(json.dumps(result, indent=2))
         return 0
+    if args.out:  # inspect: refuse to replace an earlier report before any work
+        out = Path(args.out)
+        if out.exists() and not out.is_dir():
+            raise UserError(f"--out {out} is a file; name a folder")
+        earlier = [str(out / n) for n in ("inspect.json", "token_lengths.png")
+                   if (out / n).exists()]
+        if earlier and not args.overwrite:
+            raise UserError(f"{' and '.join(earlier)} already exist(s); pass --overwrite to "
+                            "replace them, or choose another --out")
     task, _, cfg = workflow.load_task_and_config(args.task, args.config, args.overrides)
     splits = workflow.read_splits(task, cfg)
     exs = {n: getattr(splits, n) for n in ("train", "validation", "test")

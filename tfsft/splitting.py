@@ -83,6 +83,10 @@ def split_file(path: str, ratios: list[float], seed: int = 42, stratify: str = "
     folder = Path(out) if out else source.parent / f"{source.name.split('.')[0]}_splits"
     suffix = "".join(source.suffixes).removesuffix(".gz") or ".tsv"
     targets = {NAMES[k]: folder / f"{NAMES[k]}{suffix}" for k in range(len(ratios))}
+    clash = [str(p) for p in targets.values() if p.exists() and p.samefile(source)]
+    if clash:
+        raise RunDirError(f"{clash[0]} is the file being split: writing the splits there "
+                          "would replace it; choose another --out")
     existing = [str(p) for p in targets.values() if p.exists()]
     if existing and not overwrite:
         raise RunDirError(f"{', '.join(existing)} already exist(s); choose --out or pass "
