@@ -258,6 +258,23 @@ def test_evaluate_recarves_validation_and_refuses_model_changes(tiny_bert, tmp_p
     assert again["confusion_matrix"] == fitted["confusion_matrix"]
     r = run_cli("evaluate", out, "task.pooling=mean")
     assert r.returncode == 2 and "task.pooling cannot change after training" in r.stderr
+    # other data, or two files of the same name, are recorded beside fit's results
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    lines = toy_data[1].read_text().splitlines()
+    (tmp_path / "a" / "test.tsv").write_text("\n".join(lines[:9]) + "\n")
+    (tmp_path / "b" / "test.tsv").write_text("\n".join(lines[:5]) + "\n")
+    for args in (["--split", tmp_path / "a" / "test.tsv"],
+                 ["--split", tmp_path / "b" / "test.tsv"],
+                 ["data.validation_fraction=0.5"]):
+        r = run_cli("evaluate", out, *args)
+        assert r.returncode == 0, r.stderr[-3000:]
+    recorded = json.loads((out / "metrics.json").read_text())
+    assert recorded["validation"] == again
+    assert recorded[f"file:{tmp_path / 'a' / 'test.tsv'}"]["examples"] == 8
+    assert recorded[f"file:{tmp_path / 'b' / 'test.tsv'}"]["examples"] == 4
+    assert recorded["validation [data.validation_fraction=0.5]"]["examples"] == 32
+    assert len(list((out / "reports").glob("report_*.txt"))) == 4
 
 
 def test_text_pairs_on_gpt2_are_refused(tiny_gpt2, tmp_path):

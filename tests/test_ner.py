@@ -315,7 +315,9 @@ def test_fit_evaluate_predict_through_the_cli(family, request, tmp_path):
     evaluated = run_cli("evaluate", out, "--split", "test", "task.constrained=true")
     assert evaluated.returncode == 0, evaluated.stderr
     assert "micro" in evaluated.stdout and "constrained decoding: yes" in evaluated.stdout
-    assert json.loads((out / "metrics.json").read_text())["test"]["constrained_decoding"]
+    recorded = json.loads((out / "metrics.json").read_text())
+    assert recorded["test [task.constrained=true]"]["constrained_decoding"]
+    assert not recorded["test"]["constrained_decoding"]  # fit's own result is kept
 
 
 def test_malformed_conll_through_the_cli_exits_2_naming_file_and_line(tmp_path):

@@ -97,8 +97,10 @@ def test_golden_toy_translation_through_the_cli(toy_translation, tmp_path, capsy
     capsys.readouterr()
 
     assert cli("evaluate", out, "task.decoding=beam", "task.num_beams=3") == 0
-    beam = json.loads((out / "metrics.json").read_text())["validation"]
+    recorded = json.loads((out / "metrics.json").read_text())
+    beam = recorded["validation [task.decoding=beam task.num_beams=3]"]
     assert beam["decoding"] == "beam" and beam["exact_match"] >= 75.0
+    assert recorded["validation"] == metrics  # fit's greedy results are kept beside it
 
     inputs = tmp_path / "in.txt"
     inputs.write_text("the red dog is here\nthe black fish is here\n")

@@ -840,7 +840,12 @@ def evaluate(run_dir: Path, split: str = "validation", config_files=(), override
         # re-reads train too: a carved validation split is carved again, identically
         ex, name = getattr(read_splits(task, cfg), split), split
     else:
-        ex, name = read_split(task, cfg, split, "test")[0], f"file:{Path(split).name}"
+        ex, name = read_split(task, cfg, split, "test")[0], f"file:{Path(split).resolve()}"
+    # the run's own records (fit's split results) are replaced only by the same evaluation;
+    # other data or settings are kept under their own name beside them
+    variant = [*(f"--config {c}" for c in config_files), *overrides]
+    if variant:
+        name += f" [{' '.join(variant)}]"
     targets = task.encode_targets(cfg.task, label_names, ex)
     rep = split_report(task, cfg, model, preprocessor, label_names, ex, targets,
                        task.encode_inputs(cfg.task, preprocessor, ex))
@@ -849,9 +854,22 @@ def evaluate(run_dir: Path, split: str = "validation", config_files=(), override
         existing = json.loads(path.read_text()) if path.exists() else {}
         existing[name] = rep
         runs.write_json(path, existing)
-        stem = name.replace("file:", "file_").replace("/", "_")
+        stem = report_stem(name)
         write_report_files(rep, run_dir / "reports", stem, f"{task.name}: {name}")
+    log(f"results in {path} under {name!r}, reports in {run_dir / 'reports'} as *_{stem}.*")
     return rep
+
+
+def report_stem(name: str) -> str:
+    """The report files' name part for a metrics.json key: the split itself, else the
+    file's or split's name and a short hash of the whole key (one file each, no clash)."""
+    import hashlib
+
+    if name in ("train", "validation", "test"):
+        return name
+    base = name.split(" [", 1)[0]
+    base = f"file_{Path(base[5:]).name}" if base.startswith("file:") else base
+    return f"{base}_{hashlib.sha256(name.encode()).hexdigest()[:8]}"
 
 
 def read_predict_input(stream_or_path: str) -> data_lib.Rows:
