@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from tfsft import cli
+from tfsft.errors import RunDirError
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -402,6 +403,25 @@ def test_internal_errors_exit_1_with_traceback(monkeypatch, capsys):
     err = capsys.readouterr().err
     assert "Traceback" in err and "ZeroDivisionError: a bug" in err
     assert "internal error (a bug in tfsft" in err
+
+
+def test_file_system_errors_exit_2_naming_the_path(monkeypatch, capsys, tmp_path):
+    from tfsft import runs, workflow
+
+    def refused(*args, **kwargs):
+        raise OSError(30, "Read-only file system", "/mnt/ro/out")
+
+    monkeypatch.setattr(workflow, "load_task_and_config", refused)
+    assert cli.main(["validate", "tasks/sentiment"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert "error: Read-only file system: /mnt/ro/out. Check that the path exists" in err
+    # fit refuses an --output it cannot create before any work
+    locked_up = tmp_path / "ro"
+    locked_up.mkdir()
+    monkeypatch.setattr(runs.os, "access", lambda path, mode: Path(path) != locked_up)
+    with pytest.raises(RunDirError, match=r"ro is not a folder you may write to"):
+        runs.check_target(locked_up / "run", overwrite=False)
 
 
 def test_out_of_memory_is_reported_with_a_smaller_batch_suggestion(tiny_bert, tmp_path,

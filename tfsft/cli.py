@@ -238,6 +238,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"tfsft: {'terminated (SIGTERM)' if isinstance(e, Terminated) else 'interrupted'}",
               file=sys.stderr)
         return 130
+    except OSError as e:  # the file system refused: a path, permission or space problem
+        if args.debug:
+            traceback.print_exc()
+        where = f": {e.filename}" if e.filename else ""
+        print(f"tfsft {args.command}: error: {e.strerror or e}{where}. Check that the path "
+              "exists and is what it should be (a file or a folder), that you may write "
+              "there and the disk has space, or choose another output.", file=sys.stderr)
+        return 2
     except Exception:  # a bug: show everything needed to report it
         traceback.print_exc()
         print(f"tfsft {args.command}: internal error (a bug in tfsft or a library it uses). "

@@ -59,6 +59,10 @@ def check_target(path: Path, overwrite: bool) -> None:
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise RunDirError(f"{path} exists and is a file; choose another --output")
+    parent = next((p for p in (path, *path.absolute().parents) if p.exists()), None)
+    if parent is not None and not (parent.is_dir() and os.access(parent, os.W_OK | os.X_OK)):
+        raise RunDirError(f"cannot write {path}: {parent} is not a folder you may write to; "
+                          "choose another --output")
     if not _has_content(path):
         return
     holder = lock_holder(path)
