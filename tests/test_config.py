@@ -205,6 +205,9 @@ def test_fuzzed_overrides_give_config_errors_not_crashes(cls_task, tmp_path, key
     ("[1, 2", "not valid YAML"),
     ("- just\n- a list", "must hold a mapping"),
     ("data: {validation: \"bad\\0path.tsv\"}", "NUL character"),
+    ("train:\n  epochs: 1\n  epochs: 2\n", "found the key 'epochs' twice \\(also on line 2\\)"),
+    ("train: {epochs: 1}\ntrain: {seed: 2}\n", "found the key 'train' twice"),
+    ("train: {seed: -1}", "`train.seed` \\(-1\\) must be >= 0"),
 ])
 def test_hostile_yaml_is_a_config_error(tmp_path, cls_task, text, fragment):
     path = tmp_path / "hostile.yaml"

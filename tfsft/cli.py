@@ -298,6 +298,8 @@ def cmd_data(args) -> int:
 
         if args.overrides or args.config:
             raise UserError("data split takes no config or overrides; use its options")
+        if args.seed < 0:
+            raise UserError(f"--seed {args.seed} must be >= 0")
         result = splitting.split_file(args.task, splitting.parse_ratios(args.ratios),
                                       args.seed, args.stratify, args.text_field, args.out,
                                       args.overwrite, args.quoting, near_threshold)

@@ -130,6 +130,35 @@ SECTIONS = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig,
 # --------------------------------------------------------------------------- loading
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """The safe loader, refusing a key written twice in one mapping (plain YAML keeps the
+    last silently: a section or key given twice would lose the first's settings)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            try:
+                first = seen.setdefault(key, key_node.start_mark.line)
+            except TypeError:  # unhashable: the base class reports it
+                continue
+            if first != key_node.start_mark.line:
+                raise yaml.constructor.ConstructorError(
+                    "while reading a mapping", node.start_mark,
+                    f"found the key {show(key)} twice (also on line {first + 1}); keep one",
+                    key_node.start_mark)
+        return super().construct_mapping(node, deep)
+
+
+def load_yaml(text: str):
+    """One YAML document, read by the safe loader that refuses repeated keys."""
+    loader = _UniqueKeyLoader(text)
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
+
+
 def read_yaml(path: Path) -> dict:
     """Read one YAML mapping with the safe loader; errors name the file."""
     try:
@@ -139,7 +168,7 @@ def read_yaml(path: Path) -> dict:
     except (IsADirectoryError, UnicodeDecodeError) as e:
         raise ConfigError(f"config file {path} cannot be read as UTF-8 text: {e}") from None
     try:
-        data = yaml.safe_load(text)
+        data = load_yaml(text)
     except yaml.YAMLError as e:
         raise ConfigError(f"{path} is not valid YAML: {e}") from None
     except RecursionError:
@@ -160,7 +189,7 @@ def parse_override(text: str) -> tuple[str, Any]:
             "(for example train.epochs=1)"
         )
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = load_yaml(raw) if raw.strip() else ""
     except (yaml.YAMLError, RecursionError):
         value = raw
     return key.strip(), value
@@ -295,7 +324,8 @@ def cross_check(data: DataConfig, train: TrainConfig, model: ModelConfig) -> lis
                         ("model.lora_rank", model.lora_rank), ("train.clip_norm", train.clip_norm),
                         ("train.weight_decay", train.weight_decay),
                         ("train.early_stopping_patience", train.early_stopping_patience),
-                        ("train.checkpoint_every", train.checkpoint_every)]:
+                        ("train.checkpoint_every", train.checkpoint_every),
+                        ("train.seed", train.seed)]:
         if value < 0:
             errors.append(f"`{name}` ({value}) must be >= 0")
     if model.lora_rank and (model.freeze != "none" or model.freeze_layers):
