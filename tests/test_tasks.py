@@ -101,6 +101,27 @@ def test_empty_text_and_missing_label_collected(folder):
 
 
 @pytest.mark.parametrize("folder", CLASSIFIERS, ids=lambda p: p.name)
+def test_json_labels_are_text_or_whole_numbers(folder):
+    """1 and "1" are one class; 1.0, NaN, true, null in a list, or an object are problems
+    named by row, not classes of their own."""
+    task = tasks.load_task(folder)
+    ex = task.examples(task.config_class(), rows(("a", 1), ("b", "1"), ("c", " 0 ")), True)
+    assert list(ex.labels) == ["1", "1", "0"]
+    with pytest.raises(DataError) as e:
+        task.examples(task.config_class(),
+                      rows(("a", 1.0), ("b", float("nan")), ("c", True)), True)
+    msg = str(e.value)
+    assert "mem.tsv:2: label 1.0 is a float" in msg and "mem.tsv:3: label nan" in msg
+    assert "mem.tsv:4: label True is a bool" in msg
+    multi = task.config_class(multi_label=True)
+    assert task.examples(multi, rows(("a", ["x", 2]), ("b", "x,y")), True).labels[0] == ["2", "x"]
+    with pytest.raises(DataError, match=r"mem.tsv:3: label None is a NoneType"):
+        task.examples(multi, rows(("a", ["x"]), ("b", ["x", None])), True)
+    with pytest.raises(DataError, match=r"mem.tsv:2: label \{'neg': 1\} is a dict"):
+        task.examples(multi, rows(("a", {"neg": 1}),), True)
+
+
+@pytest.mark.parametrize("folder", CLASSIFIERS, ids=lambda p: p.name)
 @pytest.mark.parametrize("family", ["tiny_bert", "tiny_gpt2"])
 def test_task_model_on_tiny_backbones(folder, family, request):
     """Every task builds, computes finite logits and decodes on both backbone families."""

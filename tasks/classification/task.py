@@ -71,11 +71,29 @@ def _text(row: dict, key: str, where: str, problems: list[str], fallback: str = 
     return value
 
 
+def _label_text(value, where: str, problems: list[str]) -> str | None:
+    """A label as text: JSON strings and whole numbers (`1` and `"1"` are one class);
+    anything else (1.5, NaN, true, null, a list or object) is a problem, not a new class."""
+    if isinstance(value, str):
+        return value.strip()
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    problems.append(f"{where}: label {value!r} is a {type(value).__name__}; labels must be "
+                    "text or whole numbers (write it as a JSON string)")
+    return None
+
+
 def _label(cfg: ClassificationConfig, row: dict, where: str, problems: list[str]):
     value = row.get(cfg.label_field)
     if cfg.multi_label and value is not None:
-        items = value if isinstance(value, list) else str(value).split(cfg.label_separator)
-        return sorted({str(v).strip() for v in items if str(v).strip()})  # may be empty
+        if isinstance(value, list):
+            items = value
+        else:
+            items = value.split(cfg.label_separator) if isinstance(value, str) else [value]
+        texts = [_label_text(v, where, problems) for v in items]
+        if None in texts:
+            return None
+        return sorted({t for t in texts if t})  # may be empty
     if value is None or (isinstance(value, str) and not value.strip()):
         what = "missing" if value is None else "empty"
         problems.append(f"{where}: label field {cfg.label_field!r} is {what}; every training "
@@ -86,7 +104,7 @@ def _label(cfg: ClassificationConfig, row: dict, where: str, problems: list[str]
         problems.append(f"{where}: label {value!r} is a {type(value).__name__}; single-label "
                         "classification needs one label (or set `task.multi_label: true`)")
         return None
-    return str(value).strip()
+    return _label_text(value, where, problems)
 
 
 def examples(cfg: ClassificationConfig, rows, labelled: bool = True) -> Examples:
