@@ -52,6 +52,34 @@ def test_invalid_utf8_names_line(tmp_path):
         data.read_rows(str(p))
 
 
+def test_half_a_surrogate_pair_in_json_names_line(tmp_path):
+    p = write(tmp_path / "s.jsonl", b'{"text": "fine", "label": "a"}\n'
+              b'{"text": "bad \\ud800 film", "label": "b"}\n')
+    with pytest.raises(DataError, match=r"s.jsonl:2: a \\u escape in it is half of a UTF-16"):
+        data.read_rows(str(p))
+
+
+def test_standard_input_is_checked_like_a_file(monkeypatch):
+    import io
+    import types
+
+    from tfsft import workflow
+
+    def stdin(raw: bytes):
+        monkeypatch.setattr("sys.stdin", types.SimpleNamespace(buffer=io.BytesIO(raw)))
+
+    stdin(b"good film\r\n\nbad film\n")
+    rows = workflow.read_predict_input("-")
+    assert [r["text"] for r in rows.fields] == ["good film", "bad film"]
+    assert rows.where == ["<stdin>:1", "<stdin>:3"]
+    stdin(b"fine\ncaf\xe9\n")
+    with pytest.raises(DataError, match=r"<stdin>:2: invalid UTF-8"):
+        workflow.read_predict_input("-")
+    stdin(b"a\x00b\n")
+    with pytest.raises(DataError, match=r"<stdin>:1: contains a NUL byte"):
+        workflow.read_predict_input("-")
+
+
 def test_bom_and_crlf_are_tolerated(tmp_path):
     p = write(tmp_path / "w.tsv", b"\xef\xbb\xbftext\tlabel\r\nhello\tpos\r\n")
     rows = data.read_rows(str(p))

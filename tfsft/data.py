@@ -120,6 +120,12 @@ def read_lines(path: Path, max_line_chars: int = MAX_LINE_CHARS, on_error: str =
         except (OSError, EOFError, zlib.error) as e:
             raise DataError(f"{path}: looks gzip-compressed but cannot be decompressed ({e}); "
                             f"the file is damaged or truncated: re-create it") from None
+    return decode_lines(raw, path, max_line_chars, on_error, header)
+
+
+def decode_lines(raw: bytes, path, max_line_chars: int = MAX_LINE_CHARS,
+                 on_error: str = "raise", header: bool = False) -> tuple[list[str], list[str]]:
+    """`read_lines` of bytes already read (a file's, or standard input's: `path` names it)."""
     if raw.startswith(b"\xef\xbb\xbf"):
         raw = raw[3:]
     lines, problems = [], []
@@ -263,6 +269,13 @@ def parse_jsonl(source: str, lines: list[str], on_error: str = "raise") -> Rows:
         if not isinstance(obj, dict):
             problems.append(f"{source}:{number}: expected a JSON object ({{\"text\": ...}}), "
                             f"got {type(obj).__name__}")
+            continue
+        try:  # a \ud800-style escape decodes to half a character, which no text can hold
+            json.dumps(obj, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:
+            problems.append(f"{source}:{number}: a \\u escape in it is half of a UTF-16 "
+                            "surrogate pair (\\ud800-\\udfff) with no other half; fix or "
+                            "remove it")
             continue
         fields.append(obj)
         where.append(f"{name}:{number}")

@@ -875,8 +875,11 @@ def report_stem(name: str) -> str:
 def read_predict_input(stream_or_path: str) -> data_lib.Rows:
     """A data file (.tsv/.csv/.jsonl), or text lines: one text per line, or JSONL objects
     (detected by a leading `{`); `-` reads standard input."""
-    if stream_or_path == "-":
-        source, lines = "<stdin>", [ln.rstrip("\r") for ln in sys.stdin.read().split("\n")]
+    if stream_or_path == "-":  # bytes, checked as a file's are (UTF-8, NUL, line length)
+        stream = getattr(sys.stdin, "buffer", None)
+        raw = stream.read() if stream is not None else \
+            sys.stdin.read().encode("utf-8", "surrogatepass")
+        source, lines = "<stdin>", data_lib.decode_lines(raw, "<stdin>")[0]
     else:
         path = Path(stream_or_path)
         if path.suffix.lower() in (".tsv", ".csv", ".jsonl"):
