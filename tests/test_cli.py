@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -178,6 +179,13 @@ def test_export_reloads_and_agrees(family, request, tmp_path, toy_data):
     r = run_cli("export", out, "--out", mine, "--overwrite")
     assert r.returncode == 2 and "not a tfsft export" in r.stderr, r.stderr[-3000:]
     assert [p.name for p in mine.iterdir()] == ["notes.txt"]
+    # a damaged model file is a clear error, not a traceback
+    broken = tmp_path / "broken"
+    shutil.copytree(out, broken)
+    (broken / "model" / "head.npz").write_bytes(b"not an npz file")
+    r = run_cli("evaluate", broken)
+    assert r.returncode == 2 and "cannot be loaded, a file in it is damaged" in r.stderr, \
+        r.stderr[-3000:]
 
 
 def test_lora_and_freezing_runs_evaluate_after_reload(tiny_bert, tmp_path, toy_data):

@@ -118,3 +118,15 @@ def test_default_dirs_are_the_tasks_timestamped_runs_newest_first(tmp_path):
     assert [p.name for p in runs.default_dirs("sentiment", str(tmp_path))] == [
         "sentiment-20261207-130000", "sentiment-20261207-120000"]
     assert runs.default_dirs("sentiment", str(tmp_path / "none")) == []
+
+
+def test_check_run_says_what_a_run_lacks(tmp_path):
+    no_model = _fake_run(tmp_path / "metrics-only")
+    with pytest.raises(RunDirError, match="finished without a model .*--no-model"):
+        runs.check_run(no_model)
+    partial = _fake_run(tmp_path / "copied")
+    (partial / "model").mkdir()
+    (partial / "model" / "head.npz").write_bytes(b"")
+    with pytest.raises(RunDirError, match="incomplete: config.yaml, task.json, labels.json, "
+                                          "model/config.json missing"):
+        runs.check_run(partial)

@@ -243,9 +243,18 @@ def check_run(path: Path) -> Path:
     path = Path(path)
     if not path.is_dir():
         raise RunDirError(f"run directory {path} does not exist")
+    state = status(path)
+    if not (path / "model").is_dir() and state == "finished":
+        raise RunDirError(f"{path} finished without a model (made with `fit --no-model`?); "
+                          "fit again without --no-model to evaluate, predict or export")
     if not (path / "model" / "head.npz").exists():
-        raise RunDirError(f"{path} holds no finished model ({status(path)}); run `tfsft fit` "
+        raise RunDirError(f"{path} holds no finished model ({state}); run `tfsft fit` "
                           "to completion first")
+    missing = [n for n in ("config.yaml", "task.json", "labels.json", "model/config.json")
+               if not (path / n).is_file()]
+    if missing:
+        raise RunDirError(f"{path} is incomplete: {', '.join(missing)} missing. Restore the "
+                          "run directory from where it was copied, or fit again")
     return path
 
 

@@ -823,9 +823,14 @@ def load_run(run_dir: Path, config_files=(), overrides=()):
 
     precision.use_graph_pass(precision.resolve(cfg.train.precision))
 
-    model, _, preprocessor = export.load_final(run_dir / "model", task, cfg.task,
-                                               len(label_names), cfg.data.max_length,
-                                               cfg.model.dropout)
+    try:
+        model, _, preprocessor = export.load_final(run_dir / "model", task, cfg.task,
+                                                   len(label_names), cfg.data.max_length,
+                                                   cfg.model.dropout)
+    except (ValueError, KeyError, EOFError) as e:  # a damaged file in model/
+        raise RunDirError(f"{run_dir / 'model'} cannot be loaded, a file in it is damaged or "
+                          f"not tfsft's ({type(e).__name__}: {str(e)[:200]}). Restore the run "
+                          "directory, or fit again") from None
     return task, cfg, label_names, model, preprocessor
 
 
