@@ -39,15 +39,32 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
 
     from tfsft import bpe, data, quiet
+    from tfsft.errors import UserError
 
     out = Path(args.out)
     if out.exists():
         print(f"error: {out} exists; choose another --out (nothing was written)", file=sys.stderr)
         return 2
+    bad = [f"--{name.replace('_', '-')} {value} must be >= 1" for name, value in (
+        ("vocab_size", args.vocab_size), ("layers", args.layers), ("heads", args.heads),
+        ("hidden", args.hidden), ("max_length", args.max_length)) if value < 1]
+    if bad:
+        print(f"error: {'; '.join(bad)} (nothing was written)", file=sys.stderr)
+        return 2
     fields = [f.strip() for f in args.fields.split(",") if f.strip()]
     texts = []
     for source in args.data:
-        rows = data.read_rows(source)
+        try:
+            rows = data.read_rows(source)
+        except UserError as e:
+            print(f"error: {e} (nothing was written)", file=sys.stderr)
+            return 2
+        absent = [f for f in fields if not any(f in r for r in rows.fields)]
+        if absent:
+            print(f"error: {source} has no field {', '.join(map(repr, absent))} (fields: "
+                  f"{', '.join(sorted({k for r in rows.fields for k in r}))}); fix --fields "
+                  "(nothing was written)", file=sys.stderr)
+            return 2
         for f in fields:
             texts += [r[f] for r in rows.fields if isinstance(r.get(f), str)]
     if not texts:
@@ -58,7 +75,12 @@ def main(argv=None) -> int:
     import keras_hub
 
     start = time.time()
-    vocab, merges = bpe.train(texts, args.vocab_size)
+    try:
+        vocab, merges = bpe.train(texts, args.vocab_size)
+    except ValueError as e:
+        print(f"error: --vocab-size {args.vocab_size}: {e} (nothing was written)",
+              file=sys.stderr)
+        return 2
     print(f"BPE: {len(vocab)} tokens from {len(texts)} texts in {time.time() - start:.1f} s",
           file=sys.stderr)
     keras.utils.set_random_seed(args.seed)
