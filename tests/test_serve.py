@@ -381,3 +381,13 @@ def test_saved_model_runs_each_request_at_its_longest_row(tiny_bert, tmp_path, s
     for texts, expected in ((short, lengths[0]), (longer, lengths[1])):
         got = serve(text=tf.constant(texts))["width"].numpy()[:, 0].tolist()
         assert got == [expected if side == "right" else 16] * len(texts)
+
+
+@pytest.mark.parametrize("args, said", [
+    (["--port", "99999"], "--port 99999 must be in 0-65535"),
+    (["--max-batch", "0"], "--max-batch and --max-body-bytes must be >= 1 (got 0 and")])
+def test_serve_refuses_impossible_settings_before_loading(tmp_path, capsys, args, said):
+    from tfsft import cli
+
+    assert cli.main(["serve", str(tmp_path / "no-export"), *args]) == 2
+    assert said in capsys.readouterr().err

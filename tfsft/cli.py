@@ -449,6 +449,11 @@ def _check_predict_output(target: Path, source: str, overwrite: bool) -> None:
 def cmd_serve(args) -> int:
     from tfsft import serve
 
+    if not 0 <= args.port <= 65535:
+        raise UserError(f"--port {args.port} must be in 0-65535 (0: any free port)")
+    if args.max_batch < 1 or args.max_body_bytes < 1:
+        raise UserError("--max-batch and --max-body-bytes must be >= 1 (got "
+                        f"{args.max_batch} and {args.max_body_bytes})")
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"tfsft serve: warning: binding {args.host} makes the model reachable from "
               "other machines; there is no authentication", file=sys.stderr)
