@@ -58,6 +58,20 @@ def test_tune_section_errors_are_all_reported():
     assert len(e.value.problems) == 8
 
 
+def test_numbers_written_as_yaml_reads_them_are_numbers_in_the_space():
+    """YAML 1.1 reads 1e-5 (no dot) as text; config keys take it as a number, so does the
+    search space."""
+    task = load_task(REPO / "tasks" / "classification")
+    raw = {"space": {"train.learning_rate": {"log_uniform": ["1e-5", "3e-4"]},
+                     "model.dropout": {"uniform": [0, "0.3"]}}}
+    tc = tune.load_tune_config(raw, _checker(task))
+    assert tc.space["train.learning_rate"] == {"log_uniform": [1e-5, 3e-4]}
+    assert tc.space["model.dropout"] == {"uniform": [0, 0.3]}
+    with pytest.raises(ConfigError, match="log_uniform needs numbers low < high"):
+        tune.load_tune_config({"space": {"train.learning_rate": {"log_uniform": ["a", "b"]}}},
+                              _checker(task))
+
+
 def test_fit_ignores_the_tune_section(tmp_path):
     task = load_task(REPO / "tasks" / "classification")
     cfg = c.load_config(task.config_class, None, [str(REPO / "configs" / "tune-sentiment.yaml")],

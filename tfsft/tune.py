@@ -100,6 +100,9 @@ def load_tune_config(raw: dict, check_key) -> TuneConfig:
             errors.append(f"{where}: {kind} takes a list of "
                           f"{KINDS[kind] or 'one or more'} values, got {config_lib.show(args)}")
             continue
+        if kind in ("log_uniform", "uniform"):
+            # YAML 1.1 reads 1e-5 (no dot) as text; config keys accept it as a number, so here too
+            spec[kind] = args = [_number(a) for a in args]
         if kind != "choice":
             numeric = all(isinstance(a, (int, float)) and not isinstance(a, bool) for a in args)
             if not numeric or not args[0] < args[1] or (kind == "log_uniform" and args[0] <= 0):
@@ -116,6 +119,16 @@ def load_tune_config(raw: dict, check_key) -> TuneConfig:
     if errors:
         raise ConfigError(errors)
     return tc
+
+
+def _number(value):
+    """`value`, or the float a string such as '1e-5' spells."""
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
 
 
 def direction(tc: TuneConfig) -> str:
