@@ -284,6 +284,8 @@ def test_evaluate_recarves_validation_and_refuses_model_changes(tiny_bert, tmp_p
     assert recorded[f"file:{tmp_path / 'b' / 'test.tsv'}"]["examples"] == 4
     assert recorded["validation [data.validation_fraction=0.5]"]["examples"] == 32
     assert len(list((out / "reports").glob("report_*.txt"))) == 4
+    r = run_cli("evaluate", out, "--split", "tset")
+    assert r.returncode == 2 and "--split 'tset' is neither validation, test nor" in r.stderr
 
 
 def test_text_pairs_on_gpt2_are_refused(tiny_gpt2, tmp_path):

@@ -105,9 +105,9 @@ def read_lines(path: Path, max_line_chars: int = MAX_LINE_CHARS, on_error: str =
     """
     path = Path(path)
     if not path.exists():
-        raise DataError(f"{path}: file not found. Check the path in `data.train`, "
-                        "`data.validation` or `data.test` (relative paths in a YAML file are "
-                        "relative to that file's folder).")
+        raise DataError(f"{path}: file not found. Check the path (relative paths in a YAML "
+                        "file are relative to that file's folder, on the command line to the "
+                        "current directory).")
     if path.is_dir():
         raise DataError(f"{path} is a directory; expected a data file (.tsv, .csv, .jsonl)")
     try:

@@ -837,6 +837,9 @@ def load_run(run_dir: Path, config_files=(), overrides=()):
 def evaluate(run_dir: Path, split: str = "validation", config_files=(), overrides=()) -> dict:
     """Evaluate a finished run on a split name (validation/test) or a data file."""
     run_dir = Path(run_dir)
+    if split not in ("train", "validation", "test") and not Path(split).exists():
+        raise ConfigError(f"--split {split!r} is neither validation, test nor an existing "
+                          "data file; check the name or the path")
     task, cfg, label_names, model, preprocessor = load_run(run_dir, config_files, overrides)
     if split in ("train", "validation", "test"):
         if not getattr(cfg.data, split) and split != "validation":
