@@ -98,6 +98,15 @@ def test_empty_text_and_missing_label_collected(folder):
         task.examples(cfg, bad, True)
     assert "f.tsv:2: field 'text' is empty" in str(e.value)
     assert "f.tsv:3: label field 'label' is missing" in str(e.value)
+    unseen = data.Rows("f.tsv", [{"text": "\u200b\u200b", "label": "a"},
+                                 {"text": "\x01\x02", "label": "a"}, {"text": "ok :)",
+                                                                       "label": "a"}],
+                       ["f.tsv:2", "f.tsv:3", "f.tsv:4"])
+    with pytest.raises(DataError) as e:
+        task.examples(cfg, unseen, True)
+    assert "f.tsv:2: field 'text' has no visible character (only U+200B)" in str(e.value)
+    assert "f.tsv:3: field 'text' has no visible character (only U+0001, U+0002)" in str(e.value)
+    assert "f.tsv:4" not in str(e.value)
 
 
 @pytest.mark.parametrize("folder", CLASSIFIERS, ids=lambda p: p.name)

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import re
+import unicodedata
 
 import numpy as np
 
@@ -68,6 +69,10 @@ def _text(row: dict, key: str, where: str, problems: list[str], fallback: str = 
         return ""
     if not value.strip():
         problems.append(f"{where}: field {key!r} is empty; remove the row or fill in the text")
+    elif not any(unicodedata.category(ch)[0] in "LNPS" for ch in value):
+        problems.append(f"{where}: field {key!r} has no visible character (only "
+                        f"{', '.join(sorted({f'U+{ord(ch):04X}' for ch in value.strip()}))[:80]});"
+                        " remove the row or fill in the text")
     return value
 
 
