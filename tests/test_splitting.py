@@ -67,7 +67,16 @@ def test_split_is_deterministic_and_never_overwrites(tmp_path, capsys):
     assert source.read_text() == before
 
 
-@pytest.mark.parametrize("ratios", ["0.8,0.3", "1", "0.5,0.2,0.2,0.1", "a,b", "0,0.5,0.5"])
+@pytest.mark.parametrize("ratios", ["0.8,0.3", "1", "0.5,0.2,0.2,0.1", "a,b", "0,0.5,0.5",
+                                    "0.8,0.2,0"])
 def test_bad_ratios_are_config_errors(ratios):
     with pytest.raises(ConfigError, match="--ratios"):
         splitting.parse_ratios(ratios)
+
+
+def test_a_split_that_would_be_empty_is_refused(tmp_path):
+    path = tmp_path / "three.tsv"
+    path.write_text("text\tlabel\n" + "".join(f"row {i}\tpos\n" for i in range(3)))
+    with pytest.raises(ConfigError, match=r"the validation and test split\(s\) would be empty"):
+        splitting.split_file(str(path), [0.8, 0.1, 0.1], out=str(tmp_path / "out"))
+    assert not (tmp_path / "out").exists()

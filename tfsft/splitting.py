@@ -26,10 +26,10 @@ def parse_ratios(text: str) -> list[float]:
         ratios = [float(x) for x in text.split(",")]
     except ValueError:
         raise ConfigError(f"--ratios {text!r}: expected numbers like 0.8,0.1,0.1") from None
-    if len(ratios) not in (2, 3) or any(r < 0 for r in ratios) or not ratios[0] > 0 \
+    if len(ratios) not in (2, 3) or any(r <= 0 for r in ratios) \
             or abs(sum(ratios) - 1.0) > 1e-6:
-        raise ConfigError(f"--ratios {text!r}: give 2 or 3 non-negative shares (train first, "
-                          "above 0) that add up to 1, e.g. 0.8,0.1,0.1")
+        raise ConfigError(f"--ratios {text!r}: give 2 or 3 shares above 0 (train first) that "
+                          "add up to 1, e.g. 0.8,0.1,0.1 (or 0.9,0.1 for no test split)")
     return ratios
 
 
@@ -80,6 +80,12 @@ def split_file(path: str, ratios: list[float], seed: int = 42, stratify: str = "
     strata = [json.dumps(r.get(stratify), sort_keys=True) for r in rows.fields] \
         if stratify else None
     which = assign(groups, strata, ratios, seed)
+    empty = [NAMES[k] for k in range(len(ratios)) if not np.any(which == k)]
+    if empty:
+        raise ConfigError(f"{source}: the {' and '.join(empty)} split(s) would be empty ("
+                          f"{len(rows)} rows in {len(np.unique(groups))} duplicate groups, "
+                          f"ratios {','.join(f'{r:g}' for r in ratios)}); use more rows or "
+                          "larger shares for them (nothing was written)")
     folder = Path(out) if out else source.parent / f"{source.name.split('.')[0]}_splits"
     suffix = "".join(source.suffixes).removesuffix(".gz") or ".tsv"
     targets = {NAMES[k]: folder / f"{NAMES[k]}{suffix}" for k in range(len(ratios))}
