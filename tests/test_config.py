@@ -68,6 +68,8 @@ def test_override_syntax_errors():
     assert c.coerce("3e-5", float) == (True, 3e-5, "a finite number")
     assert c.coerce("7", int)[0] is False  # a quoted number is not silently an int
     assert c.parse_override("data.train=a=b.tsv") == ("data.train", "a=b.tsv")
+    with pytest.raises(ConfigError, match=r"task.labels=\[neg, pos'.*not a valid YAML list"):
+        c.parse_override("task.labels=[neg, pos")  # was the one label '[neg, pos'
 
 
 def test_bad_yaml_names_file(tmp_path, cls_task):

@@ -190,7 +190,12 @@ def parse_override(text: str) -> tuple[str, Any]:
         )
     try:
         value = load_yaml(raw) if raw.strip() else ""
-    except (yaml.YAMLError, RecursionError):
+    except (yaml.YAMLError, RecursionError) as e:
+        if raw.lstrip().startswith(("[", "{")):  # meant as a list or mapping: not text
+            problem = str(e).splitlines()[0] if isinstance(e, yaml.YAMLError) else "too deep"
+            raise ConfigError(f"override {text!r}: the value is not a valid YAML list or "
+                              f"mapping ({problem}); write it like task.labels=[neg,pos]"
+                              ) from None
         value = raw
     return key.strip(), value
 
