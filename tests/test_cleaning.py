@@ -6,6 +6,7 @@ from __future__ import annotations
 import doctest
 import json
 import random
+import shlex
 from pathlib import Path
 
 import pytest
@@ -160,6 +161,11 @@ def test_data_clean_output_read_by_fit_equals_clean_inside_fit(tmp_path, case):
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout)
     assert set(report["files"]) == set(given)
+    # the command it suggests runs as printed: the user's options kept, the new files named
+    said = shlex.split(proc.stderr.split("train on them with: ")[1].splitlines()[0])
+    assert said[:5] == ["python", "-m", "tfsft", "fit", "tasks/classification"]
+    assert set(options) <= set(said) and f"data.train={out / 'train.tsv'}" in said
+    assert not [w for w in said if w.startswith("data.train=") and "clean" not in w]
     inside_fit = _splits(sources + options + ["data.clean=true"])
     from_files = _splits([f"data.{s}={out / (s + '.tsv')}" for s in given]
                          + [o for o in options if "augment" in o])

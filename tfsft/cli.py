@@ -368,11 +368,15 @@ def _data_clean(args) -> int:
                 else f"dropped ({c['reason']}{' of ' + c['of'] if 'of' in c else ''}): "
                      f"{c['text'][:60]!r}")
         print(f"  {c['split']} {c['where']}: {what}", file=sys.stderr)
-    overrides = " ".join([f"--config {c}" for c in args.config]
-                         + [f"data.{s}={info['path']}" for s, info in report["files"].items()])
+    import shlex
+
+    replaced = {f"data.{s}" for s in report["files"]}
+    words = ([w for c in args.config for w in ("--config", c)]
+             + [o for o in args.overrides if o.partition("=")[0].strip() not in replaced]
+             + [f"data.{s}={info['path']}" for s, info in report["files"].items()])
     print(f"wrote {len(report['files'])} file(s), changes.jsonl ({len(result.changes)} "
           f"changes) and clean_report.json to {args.out}\ntrain on them with: "
-          f"python -m tfsft fit {args.task} {overrides}", file=sys.stderr)
+          f"{shlex.join(['python', '-m', 'tfsft', 'fit', args.task, *words])}", file=sys.stderr)
     print(json.dumps(report, indent=2, ensure_ascii=False))
     return 0
 
