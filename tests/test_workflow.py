@@ -182,3 +182,18 @@ def test_a_failed_model_save_keeps_the_checkpoints_to_resume_from(tiny_bert, tmp
         seen = [(v.tag, e.step) for f in (out / "tensorboard" / writer).glob("events.*")
                 for e in tf.compat.v1.train.summary_iterator(str(f)) for v in e.summary.value]
         assert seen and len(seen) == len(set(seen)), writer
+
+
+def test_validation_on_the_training_file_is_warned_about(tmp_path, capsys):
+    from conftest import write_sentiment_tsv
+
+    data = write_sentiment_tsv(tmp_path / "train.tsv", 40, seed=1)
+    task, _, cfg = workflow.load_task_and_config(
+        "tasks/sentiment", [], [f"data.train={data}", f"data.validation={data}"])
+    workflow.read_splits(task, cfg)
+    assert f"warning: `data.validation` is the training file ({data})" in capsys.readouterr().err
+    other = write_sentiment_tsv(tmp_path / "dev.tsv", 12, seed=2)
+    task, _, cfg = workflow.load_task_and_config(
+        "tasks/sentiment", [], [f"data.train={data}", f"data.validation={other}"])
+    workflow.read_splits(task, cfg)
+    assert "warning" not in capsys.readouterr().err

@@ -120,6 +120,13 @@ def read_splits(task, cfg) -> Splits:
     from tfsft import augment
 
     d = cfg.data
+    for split in ("validation", "test"):
+        source = getattr(d, split)
+        if source and source == d.train:  # config paths are absolute by now
+            log(f"warning: `data.{split}` is the training file ({source}): its scores will "
+                "measure rows the model trained on, not how it does on new text. Give a "
+                f"held-out file, or leave `data.{split}` empty"
+                + (" to carve one from train" if split == "validation" else ""))
     rows, cleaned = read_prepared_rows(task, cfg)
     problems = []
     parts, skipped = {}, {}
