@@ -46,6 +46,9 @@ def test_unknown_key_suggests_nearest_and_all_errors_reported(cls_task):
     assert "`train.epochs` must be an integer, got 'many'" in text
     assert "one of 'none', 'backbone', 'embeddings'" in text
     assert "unknown section 'trian'" in text and "did you mean 'train'" in text
+    with pytest.raises(ConfigError, match=r"unknown key `train.labels` \(it is a key of "
+                                          r"`task`: task.labels\)"):
+        c.load_config(cls_task.config_class, None, [], ["data.train=x.tsv", "train.labels=[a,b]"])
 
 
 def test_cross_field_errors_quote_keys_and_values(cls_task):

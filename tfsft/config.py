@@ -270,7 +270,9 @@ def load_config(task_config_class: type, task_yaml: Path | None = None,
         _merge_layer(merged, layer, origin, base, classes, errors)
     values = {}
     for section, cls in classes.items():
-        values[section] = build_dataclass(cls, merged.get(section, {}), section, errors)
+        others = {f.name: other for other, c in classes.items() if other != section
+                  for f in dataclasses.fields(c)}
+        values[section] = build_dataclass(cls, merged.get(section, {}), section, errors, others)
     errors.extend(cross_check(values["data"], values["train"], values["model"]))
     if not 0 <= values["distribute"].cpu_devices <= 64:
         errors.append(f"`distribute.cpu_devices` ({values['distribute'].cpu_devices}) must be "
@@ -368,15 +370,20 @@ def _suggest(name: str, choices) -> str:
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
-def build_dataclass(cls: type, raw: dict, prefix: str, errors: list[str]):
-    """Build `cls` from a flat dict, appending every problem to `errors`."""
+def build_dataclass(cls: type, raw: dict, prefix: str, errors: list[str],
+                    elsewhere: dict[str, str] | None = None):
+    """Build `cls` from a flat dict, appending every problem to `errors`; `elsewhere`:
+    {key: its section} of the other sections, to point at a key put in the wrong one."""
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     kwargs = {}
     for key, value in raw.items():
         if key not in names:
             name = key if isinstance(key, str) and len(key) <= 80 else show(key)
-            errors.append(f"unknown key `{prefix}.{name}`{_suggest(str(key), names)}; valid "
+            home = (elsewhere or {}).get(key) if isinstance(key, str) else None
+            hint = (f" (it is a key of `{home}`: {home}.{key})" if home
+                    else _suggest(str(key), names))
+            errors.append(f"unknown key `{prefix}.{name}`{hint}; valid "
                           f"keys in `{prefix}`: {', '.join(sorted(names))}")
             continue
         ok, converted, expected = coerce(value, hints[key])
