@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import signal
 import sys
 import traceback
@@ -368,8 +369,6 @@ def _data_clean(args) -> int:
                 else f"dropped ({c['reason']}{' of ' + c['of'] if 'of' in c else ''}): "
                      f"{c['text'][:60]!r}")
         print(f"  {c['split']} {c['where']}: {what}", file=sys.stderr)
-    import shlex
-
     replaced = {f"data.{s}" for s in report["files"]}
     words = ([w for c in args.config for w in ("--config", c)]
              + [o for o in args.overrides if o.partition("=")[0].strip() not in replaced]
