@@ -59,6 +59,13 @@ def test_half_a_surrogate_pair_in_json_names_line(tmp_path):
         data.read_rows(str(p))
 
 
+def test_a_key_twice_in_a_json_row_names_line(tmp_path):
+    p = write(tmp_path / "d.jsonl", b'{"text": "ok", "label": "a"}\n'
+              b'{"text": "one", "label": "a", "text": "two"}\n')
+    with pytest.raises(DataError, match=r"d.jsonl:2: the key 'text' appears twice"):
+        data.read_rows(str(p))
+
+
 def test_standard_input_is_checked_like_a_file(monkeypatch):
     import io
     import types

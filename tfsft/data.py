@@ -251,6 +251,19 @@ def _parse_delimited(source: str, lines: list[str], delimiter: str, quoting: int
     return Rows(source, fields, where, tuple(problems))
 
 
+class _RepeatedKey(ValueError):
+    pass
+
+
+def _unique_keys(pairs: list) -> dict:
+    out = {}
+    for key, value in pairs:
+        if key in out:
+            raise _RepeatedKey(key)
+        out[key] = value
+    return out
+
+
 def parse_jsonl(source: str, lines: list[str], on_error: str = "raise") -> Rows:
     name = Path(source).name
     fields, where, problems = [], [], []
@@ -258,10 +271,14 @@ def parse_jsonl(source: str, lines: list[str], on_error: str = "raise") -> Rows:
         if not line.strip():
             continue
         try:
-            obj = json.loads(line)
+            obj = json.loads(line, object_pairs_hook=_unique_keys)
         except json.JSONDecodeError as e:
             problems.append(f"{source}:{number}: not valid JSON ({e.msg} at column {e.colno}); "
                             "each line must be one JSON object")
+            continue
+        except _RepeatedKey as e:
+            problems.append(f"{source}:{number}: the key {e.args[0]!r} appears twice in one "
+                            "object (JSON readers keep either); keep one")
             continue
         except RecursionError:
             problems.append(f"{source}:{number}: JSON nested too deeply")
