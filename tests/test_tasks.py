@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +32,80 @@ def test_missing_member_names_plugin_and_member(tmp_path):
         tasks.load_task(folder)
     assert "broken" in str(e.value) and "examples" in str(e.value)
     assert "build_model" in str(e.value)
+
+
+# the sentiment task with one thing changed: what a plugin author might get wrong
+PLUGIN = """
+import dataclasses
+from tfsft import tasks
+base = tasks.load_task({base!r})
+
+@dataclasses.dataclass(frozen={frozen})
+class Config(base.config_class.__mro__[0]):
+    pass
+
+class Task(type(base)):
+    name = "mine"
+    config_class = {config}
+{method}
+TASK = Task()
+"""
+
+
+@pytest.mark.parametrize("frozen, config, method, said", [
+    (True, "Config", "    def examples(self, task_cfg, rows):\n        return None",
+     "examples must take (task_cfg, rows, labelled); it is examples(task_cfg, rows)"),
+    (True, "Config()", "", "config_class must be a dataclass class, got"),
+    (True, "Config", "    def build_model(self, task_cfg, backbone):\n        return None",
+     "build_model must take (task_cfg, backbone, num_outputs, dropout)"),
+])
+def test_plugin_mistakes_are_named_when_it_loads(tmp_path, frozen, config, method, said):
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    (folder / "task.py").write_text(PLUGIN.format(base=str(REPO / "tasks" / "sentiment"),
+                                                  frozen=frozen, config=config, method=method))
+    with pytest.raises(PluginError, match="task plugin .*mine: " + re.escape(said)):
+        tasks.load_task(folder)
+
+
+def test_a_plugin_config_must_be_frozen_with_defaults(tmp_path):
+    folder = tmp_path / "loose"
+    folder.mkdir()
+    (folder / "task.py").write_text(
+        "import dataclasses\nfrom tfsft import tasks\n"
+        f"base = tasks.load_task({str(REPO / 'tasks' / 'sentiment')!r})\n"
+        "@dataclasses.dataclass\nclass Config:\n    topics: int\n\n"
+        "class Task(type(base)):\n    name = 'loose'\n    config_class = Config\n\n"
+        "TASK = Task()\n")
+    with pytest.raises(PluginError) as e:
+        tasks.load_task(folder)
+    assert "must be frozen: @dataclass(frozen=True)" in str(e.value)
+    assert "field(s) topics need a default" in str(e.value)
+
+
+def test_a_plugin_that_fails_to_import_or_run_is_named_not_called_a_tfsft_bug(tmp_path,
+                                                                            capsys):
+    from tfsft import cli
+
+    folder = tmp_path / "oops"
+    folder.mkdir()
+    (folder / "task.py").write_text("x = 1\nimport no_such_helper_module\n")
+    with pytest.raises(PluginError, match=r"oops/task.py failed to import, at .*task.py:2: "
+                                          r"ModuleNotFoundError"):
+        tasks.load_task(folder)
+    (folder / "task.py").write_text(
+        "from tfsft import tasks\n"
+        f"base = tasks.load_task({str(REPO / 'tasks' / 'sentiment')!r})\n"
+        "class Task(type(base)):\n    name = 'oops'\n"
+        "    def examples(self, task_cfg, rows, labelled):\n"
+        "        return {}['no such key']\n\nTASK = Task()\n")
+    bundled = REPO / "tasks" / "sentiment" / "data"
+    code = cli.main(["validate", str(folder), f"data.train={bundled / 'train.tsv'}",
+                     f"data.validation={bundled / 'validation.tsv'}"])
+    err = capsys.readouterr().err
+    assert code == 2, err[-2000:]
+    assert re.search(r"error in the task plugin at .*oops/task.py:6 \(KeyError", err)
+    assert "internal error" not in err
 
 
 def test_folder_without_task_py(tmp_path):

@@ -247,8 +247,16 @@ def main(argv: list[str] | None = None) -> int:
               "exists and is what it should be (a file or a folder), that you may write "
               "there and the disk has space, or choose another output.", file=sys.stderr)
         return 2
-    except Exception:  # a bug: show everything needed to report it
+    except Exception as e:  # a bug: show everything needed to report it
         traceback.print_exc()
+        from tfsft import tasks
+
+        where = tasks.plugin_frame(e)
+        if where:  # raised in a task plugin's own code: the plugin's author has to fix it
+            print(f"tfsft {args.command}: error in the task plugin at {where} "
+                  f"({type(e).__name__}: {str(e)[:300]}); the traceback above shows the "
+                  "calls that led there.", file=sys.stderr)
+            return 2
         print(f"tfsft {args.command}: internal error (a bug in tfsft or a library it uses). "
               "Please report it with the traceback above and the command you ran.",
               file=sys.stderr)

@@ -80,6 +80,24 @@ CONTRACT = ("name", "config_class", "examples", "make_label_map", "encode_inputs
             "encode_targets", "build_model", "loss", "metrics")
 OUTPUTS = (("decode", "report"), ("generate", "evaluate_model"))  # one pair of these
 ENTRY_POINT_GROUP = "tfsft.tasks"
+# the positional arguments the core passes each method (the contract above)
+ARGUMENTS = {
+    "examples": "task_cfg, rows, labelled", "make_label_map": "task_cfg, train_examples",
+    "encode_inputs": "task_cfg, preprocessor, examples",
+    "encode_targets": "task_cfg, label_names, examples",
+    "build_model": "task_cfg, backbone, num_outputs, dropout",
+    "loss": "task_cfg, label_smoothing", "metrics": "task_cfg",
+    "decode": "task_cfg, label_names, logits, examples",
+    "report": "task_cfg, label_names, targets, logits, examples",
+    "generate": "task_cfg, model, preprocessor, examples, batch_size",
+    "evaluate_model": "task_cfg, model, preprocessor, label_names, examples, encoded, "
+                      "batch_size",
+    "class_weights": "task_cfg, targets, num_labels",
+    "serving_outputs": "task_cfg, label_names, logits",
+    "align_targets": "task_cfg, encoded, targets",
+    "pack_rows": "task_cfg, encoded, max_length", "text_fields": "task_cfg",
+    "augment": "task_cfg, train_examples, augmenter"}
+FOLDERS: set[Path] = set()  # folders of the plugins loaded: where their code lives
 
 
 def verify(task: object, origin: str) -> object:
@@ -93,9 +111,33 @@ def verify(task: object, origin: str) -> object:
             f"(the contract is: {', '.join(CONTRACT)}, and {' + '.join(OUTPUTS[0])} or "
             f"{' + '.join(OUTPUTS[1])}; see tfsft/tasks.py)")
     import dataclasses
+    import inspect
 
-    if not dataclasses.is_dataclass(task.config_class):
-        raise PluginError(f"task plugin {origin}: config_class must be a dataclass")
+    cls = task.config_class
+    problems = []
+    if not (isinstance(cls, type) and dataclasses.is_dataclass(cls)):
+        problems.append(f"config_class must be a dataclass class, got {cls!r}")
+    else:
+        if not cls.__dataclass_params__.frozen:
+            problems.append("config_class must be frozen: @dataclass(frozen=True)")
+        bare = [f.name for f in dataclasses.fields(cls) if f.default is dataclasses.MISSING
+                and f.default_factory is dataclasses.MISSING]
+        if bare:
+            problems.append(f"config_class field(s) {', '.join(bare)} need a default (the "
+                            "task's config.yaml may override it)")
+    for member, names in ARGUMENTS.items():
+        method = getattr(task, member, None)
+        if method is None:
+            continue
+        try:
+            inspect.signature(method).bind(*names.split(", "))
+        except TypeError:
+            problems.append(f"{member} must take ({names}); it is {member}"
+                            f"{inspect.signature(method)}")
+        except ValueError:  # no signature to read (a builtin): called as it is
+            pass
+    if problems:
+        raise PluginError(f"task plugin {origin}: " + "; ".join(problems))
     return task
 
 
@@ -120,12 +162,29 @@ def load_module(folder: Path):
     spec = importlib.util.spec_from_file_location(pkg_name + ".task", task_file)
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module
+    FOLDERS.add(folder)
     try:
         spec.loader.exec_module(module)
-    except Exception:
+    except Exception as e:
         del sys.modules[spec.name]
-        raise
+        where = plugin_frame(e) or (f"{e.filename}:{e.lineno}"
+                                    if isinstance(e, SyntaxError) else str(task_file))
+        raise PluginError(f"task plugin {task_file} failed to import, at {where}: "
+                          f"{type(e).__name__}: {e} (--debug shows the traceback)") from e
     return module
+
+
+def plugin_frame(error: BaseException) -> str | None:
+    """`file:line` of the innermost frame of `error`'s traceback in a loaded plugin's
+    folder, or None when the error did not pass through plugin code."""
+    import traceback
+
+    found = None
+    for frame in traceback.extract_tb(error.__traceback__):
+        path = Path(frame.filename).resolve()
+        if any(path.is_relative_to(folder) for folder in FOLDERS):
+            found = f"{frame.filename}:{frame.lineno}"
+    return found
 
 
 def load_task(folder: Path | str):
@@ -152,7 +211,11 @@ def resolve(spec: str, search: tuple[Path, ...] = (Path("tasks"),)):
         return load_task(path), path.resolve()
     eps = installed_tasks()
     if spec in eps:
-        return verify(eps[spec].load(), f"entry point {spec!r}"), None
+        task = eps[spec].load()
+        module = sys.modules.get(getattr(type(task), "__module__", ""), None)
+        if getattr(module, "__file__", None):
+            FOLDERS.add(Path(module.__file__).resolve().parent)
+        return verify(task, f"entry point {spec!r}"), None
     nearby = [f"./{spec}"] if (path / "task.py").is_file() else []
     nearby += [str(root / spec) for root in search if (root / spec / "task.py").is_file()]
     if nearby:
