@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -145,6 +146,17 @@ def test_entry_point_plugins_are_found(monkeypatch):
     task, folder = tasks.resolve("thirdparty", search=())
     assert task is classification and folder is None
     assert ("thirdparty", "entry point pkg.task:TASK") in tasks.discover(REPO / "tasks")
+    # its defaults: the config.yaml beside the module that defines it
+    from tfsft import workflow
+
+    sentiment = tasks.load_task(REPO / "tasks" / "sentiment")
+    module = next(m for m in list(sys.modules.values()) if getattr(m, "TASK", None) is sentiment)
+    monkeypatch.setattr(EP, "load", lambda self: sentiment)
+    monkeypatch.setattr(EP, "value", f"{module.__name__}:TASK")
+    cfg = workflow.load_task_and_config("thirdparty", [], [])[2]
+    assert tasks.installed_folder(sentiment) == REPO / "tasks" / "sentiment"
+    assert (cfg.train.epochs, cfg.train.global_batch_size) == (4, 16)  # built-in: 3, 32
+    assert cfg.data.train == str(REPO / "tasks" / "sentiment" / "data" / "train.tsv")
 
 
 def rows(*pairs):

@@ -195,6 +195,15 @@ def load_task(folder: Path | str):
     return verify(module.TASK, str(folder))
 
 
+HOMES: dict[int, Path] = {}  # id(TASK) of an entry-point plugin -> its module's folder
+
+
+def installed_folder(task: object) -> Path | None:
+    """The folder of the module an installed (entry-point) plugin's TASK was loaded from
+    (where its config.yaml is), or None."""
+    return HOMES.get(id(task))
+
+
 def installed_tasks() -> dict[str, object]:
     """Entry-point plugins: {name: entry point} (not loaded until asked for)."""
     return {ep.name: ep for ep in metadata.entry_points(group=ENTRY_POINT_GROUP)}
@@ -212,9 +221,10 @@ def resolve(spec: str, search: tuple[Path, ...] = (Path("tasks"),)):
     eps = installed_tasks()
     if spec in eps:
         task = eps[spec].load()
-        module = sys.modules.get(getattr(type(task), "__module__", ""), None)
+        module = sys.modules.get(eps[spec].value.partition(":")[0].strip())
         if getattr(module, "__file__", None):
-            FOLDERS.add(Path(module.__file__).resolve().parent)
+            HOMES[id(task)] = Path(module.__file__).resolve().parent
+            FOLDERS.add(HOMES[id(task)])
         return verify(task, f"entry point {spec!r}"), None
     nearby = [f"./{spec}"] if (path / "task.py").is_file() else []
     nearby += [str(root / spec) for root in search if (root / spec / "task.py").is_file()]

@@ -36,7 +36,9 @@ class Splits:
 
 def load_task_and_config(task_spec: str, config_files=(), overrides=()):
     task, folder = tasks.resolve(task_spec)
-    task_yaml = folder / "config.yaml" if folder else None
+    # an installed plugin's defaults: the config.yaml beside its module, as in a folder
+    home = folder or tasks.installed_folder(task)
+    task_yaml = home / "config.yaml" if home and (home / "config.yaml").is_file() else None
     cfg = config_lib.load_config(task.config_class, task_yaml, config_files, overrides)
     return task, folder, cfg
 
