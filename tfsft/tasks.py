@@ -5,8 +5,9 @@ object, a `config.yaml` of task defaults and a `README.md`. Folders are loaded b
 installed plugins are found through the entry-point group `tfsft.tasks` (the entry point
 names a `TASK` object). Nothing registers itself on import.
 
-The contract (every member is checked at load time; a missing one is a `PluginError` that
-names the plugin and the member):
+The contract (checked at load time: a missing member, a method that does not take the
+arguments shown (`ARGUMENTS`), or a config_class that is not a frozen dataclass with
+defaults is a `PluginError` that names the plugin and the member):
 
     name: str
         The task's name, used in run directory names and manifests.
