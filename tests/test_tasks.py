@@ -109,6 +109,13 @@ def test_a_plugin_that_fails_to_import_or_run_is_named_not_called_a_tfsft_bug(tm
     assert "internal error" not in err
 
 
+def test_an_error_inside_a_shipped_task_is_tfsfts_own(tmp_path):
+    shipped = tasks.load_task(REPO / "tasks" / "classification")
+    with pytest.raises(AttributeError) as e:
+        shipped.examples(shipped.config_class(), None, True)  # inside tasks/classification
+    assert tasks.plugin_frame(e.value) is None  # reported as an internal error, exit 1
+
+
 def test_folder_without_task_py(tmp_path):
     with pytest.raises(PluginError, match="not a task folder"):
         tasks.load_task(tmp_path)

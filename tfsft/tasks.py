@@ -177,13 +177,16 @@ def load_module(folder: Path):
 
 def plugin_frame(error: BaseException) -> str | None:
     """`file:line` of the innermost frame of `error`'s traceback in a loaded plugin's
-    folder, or None when the error did not pass through plugin code."""
+    folder (not one of the tasks shipped with tfsft), or None when the error did not pass
+    through such code."""
     import traceback
 
+    shipped = Path(__file__).resolve().parents[1] / "tasks"  # ours: a bug there is tfsft's
     found = None
     for frame in traceback.extract_tb(error.__traceback__):
         path = Path(frame.filename).resolve()
-        if any(path.is_relative_to(folder) for folder in FOLDERS):
+        if any(path.is_relative_to(folder) for folder in FOLDERS) \
+                and not path.is_relative_to(shipped):
             found = f"{frame.filename}:{frame.lineno}"
     return found
 
