@@ -426,17 +426,11 @@ def cmd_predict(args) -> int:
         for row in rows:
             sys.stdout.write(json.dumps(row, ensure_ascii=False) + "\n")
         return 0
-    # written beside the output and renamed over it at the end: a failure leaves an
-    # earlier file of that name as it was
-    target = Path(args.output)
-    part = target.with_name(f".{target.name}.part-{os.getpid()}")
-    try:
-        with open(part, "w", encoding="utf-8") as out:
-            for row in rows:
-                out.write(json.dumps(row, ensure_ascii=False) + "\n")
-        os.replace(part, target)
-    finally:
-        part.unlink(missing_ok=True)
+    from tfsft import runs
+
+    # every row first, then one atomic write: a failure leaves an earlier file as it was
+    runs.write_text(Path(args.output),
+                    "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
     return 0
 
 

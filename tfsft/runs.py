@@ -112,33 +112,6 @@ def open_run(path: Path, overwrite: bool):
 
 
 @contextlib.contextmanager
-def replaced_folder(path: Path):
-    """Yield a new empty folder beside `path`; when the body has finished it takes
-    `path`'s place (an existing `path` is removed then, not before). A failed body leaves
-    `path` as it was and removes the new folder."""
-    import tempfile
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{path.name}.new-", dir=path.parent))
-    mask = os.umask(0)
-    os.umask(mask)
-    os.chmod(work, 0o777 & ~mask)  # as mkdir would make it, not mkdtemp's 0700
-    try:
-        yield work
-        if path.exists():
-            old = path.with_name(f".{path.name}.old-{os.getpid()}")
-            os.replace(path, old)
-            os.replace(work, path)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(work, path)
-    except BaseException:
-        shutil.rmtree(work, ignore_errors=True)
-        raise
-
-
-@contextlib.contextmanager
 def locked(path: Path):
     """Hold an exclusive lock on run directory `path` (released when the process ends, even
     by SIGKILL), or raise RunDirError naming the process that holds it."""

@@ -981,7 +981,7 @@ def export_run(run_dir: Path, out: Path | None, formats: list[str], overwrite: b
     with runs.locked(Path(run_dir)):  # no fit may replace the run while it is exported
         # written beside `out`, then swapped in: an old export is replaced whole (never
         # mixed with the new one's files), and only once the new one is complete
-        with runs.replaced_folder(out) as work:
+        with export.written_atomically(out) as work:
             if "saved_model" in formats:
                 written.append(export.export_saved_model(
                     model, preprocessor,
